@@ -56,6 +56,8 @@ def _extensions():
 
     sources = [os.path.join("csrc", f) for f in sorted(os.listdir("csrc")) if f.endswith(".cpp")]
     cuda_sources = [os.path.join("csrc", f) for f in sorted(os.listdir("csrc")) if f.endswith(".cu")]
+    if not sources and not cuda_sources:
+        return [], {}
     if cuda_sources and cpp_extension.CUDA_HOME is not None:
         ext = cpp_extension.CUDAExtension("bsynth_hpc._C", sources + cuda_sources)
     else:

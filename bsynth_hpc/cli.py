@@ -1,2 +1,204 @@
-def main() -> int:
+"""The `bsynth` command: the user's surface (shared/DESIGN.md, "CLI").
+
+Subcommands import their machinery lazily so `bsynth --help` stays fast and a missing
+optional dependency only affects the command that needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import BsynthError, NotYetAvailableError
+
+DEMO_DIR = Path("demo_run")
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_demo_cohort(args: argparse.Namespace) -> int:
+    from data_prep.demo_cohort import build_demo_cohort
+
+    t0 = time.perf_counter()
+    manifest = build_demo_cohort(args.out, n_subjects=args.subjects, shape=tuple(args.shape) if args.shape else None,
+                                 spacing_mm=args.spacing, seed=args.seed, workers=args.workers)
+    print(f"demo cohort: {manifest} ({time.perf_counter() - t0:.1f} s)")
     return 0
+
+
+def cmd_prep(args: argparse.Namespace) -> int:
+    from data_prep.pipeline import PrepSource, run_prep
+
+    if args.manifest:
+        source = PrepSource.manifest(args.manifest)
+    elif args.brats:
+        source = PrepSource.brats(args.brats)
+    else:
+        source = PrepSource.slices(args.slices)
+    cluster_options = _load_yaml(args.cluster_config) if args.cluster_config else None
+    result = run_prep(
+        source, args.out, shape=tuple(args.shape), spacing=tuple(args.spacing), workers=args.workers,
+        normalize=args.normalize, clip_percentiles=tuple(args.clip_percentiles), mask=args.mask,
+        allow_outside_root=args.allow_outside_root, cluster=args.cluster, cluster_options=cluster_options,
+        chunks=tuple(args.chunks) if args.chunks else None, dtype=args.dtype,
+        splits=tuple(args.splits), seed=args.seed, progress=not args.quiet,
+    )
+    return int(result.exit_code)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .data.summary import format_store_summary
+
+    print(format_store_summary(args.store))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "kernels":
+        from benchmarks.kernels.run_all import main as bench_main
+    elif args.what == "data":
+        from benchmarks.data_throughput import main as bench_main
+    else:
+        raise NotYetAvailableError(
+            f"`bsynth bench {args.what}` arrives with the {_LATER[args.what]} issue; "
+            "available now: `bsynth bench kernels`, `bsynth bench data`"
+        )
+    return int(bench_main(args.rest) or 0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded demo cohort: build the cohort, preprocess it into a Zarr
+    store, and print a summary. (Training and sampling join this as their issues land.)"""
+    from data_prep.demo_cohort import build_demo_cohort
+    from data_prep.pipeline import PrepSource, run_prep
+
+    from .data.summary import format_store_summary
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    print(f"[1/2] building the demo cohort ({args.subjects} subjects, {args.spacing:g} mm) in {out / 'cohort'}")
+    manifest = build_demo_cohort(out / "cohort", n_subjects=args.subjects, spacing_mm=args.spacing, seed=args.seed,
+                                 workers=args.workers)
+    shape = _demo_shape(args.spacing)
+    store = out / "store.zarr"
+    print(f"[2/2] preprocessing into {store} (shape {shape}, {args.spacing:g} mm, {args.workers} Dask workers)")
+    result = run_prep(PrepSource.manifest(manifest), store, shape=shape, spacing=(args.spacing,) * 3,
+                      workers=args.workers, seed=args.seed, progress=True)
+    print()
+    print(format_store_summary(store))
+    print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s (exit status {result.exit_code})")
+    return int(result.exit_code)
+
+
+def _demo_shape(spacing_mm: float) -> tuple[int, int, int]:
+    """The seed-003 field of view (192x224x160 mm) on a grid of the given spacing."""
+    return tuple(int(round(fov / spacing_mm)) for fov in (192, 224, 160))  # type: ignore[return-value]
+
+
+_LATER = {
+    "train": "training engine (#4) and the recipe issues (#6 WFDM, #7 DiT-3D)",
+    "encode": "recipe issues (#6 WFDM, #7 DiT-3D)",
+    "sample": "recipe issues (#6 WFDM, #7 DiT-3D)",
+    "eval": "evaluation (#5)",
+    "sampling": "recipe issues (#6, #7)",
+    "training": "training engine (#4)",
+}
+
+
+def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        raise NotYetAvailableError(f"`bsynth {name}` arrives with the {_LATER[name]} issue")
+
+    return run
+
+
+def _load_yaml(path: str) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        return dict(yaml.safe_load(fh) or {})
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from .constants import DEFAULT_SHAPE, DEFAULT_SPACING
+
+    parser = argparse.ArgumentParser(prog="bsynth", description="Train and sample brain-MRI generative models at scale.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the main job end to end on the embedded demo cohort")
+    p.add_argument("--out", default=str(DEMO_DIR), help="working folder (default ./demo_run)")
+    p.add_argument("--subjects", type=int, default=16)
+    p.add_argument("--spacing", type=float, default=2.0, help="demo grid spacing in mm (2 = quick on a laptop)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("demo-cohort", help="write the embedded demo cohort (NIfTI + manifest.csv)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--subjects", type=int, default=16)
+    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
+                   help="output grid (default: the brain field of view at --spacing)")
+    p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (1 = full resolution)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_demo_cohort)
+
+    p = sub.add_parser("prep", help="ingest + preprocess volumes into a Zarr store (Dask-parallel, resumable)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="manifest CSV (subject, session, dataset, modality, path, metadata...)")
+    src.add_argument("--brats", help="BraTS-layout folder (<case>/<case>_t1|_t1ce|_t2|_flair.nii.gz)")
+    src.add_argument("--slices", help="2D slice image folders by class (ROOT/<class>/*.png)")
+    p.add_argument("--out", required=True, help="output store, e.g. data/store.zarr")
+    p.add_argument("--shape", type=int, nargs="+", default=list(DEFAULT_SHAPE), help="target shape (3 ints, 2 for --slices)")
+    p.add_argument("--spacing", type=float, nargs="+", default=list(DEFAULT_SPACING), help="target spacing in mm")
+    p.add_argument("--workers", type=int, default=2, help="Dask workers (processes)")
+    p.add_argument("--cluster", choices=["local", "slurm", "sync", "processes"], default="local")
+    p.add_argument("--cluster-config", help="YAML of dask-jobqueue SLURMCluster options for --cluster slurm")
+    p.add_argument("--normalize", choices=["minmax", "zscore"], default="minmax")
+    p.add_argument("--clip-percentiles", type=float, nargs=2, default=[0.5, 99.5], metavar=("LO", "HI"))
+    p.add_argument("--mask", action="store_true", help="mask the background (mask column or foreground threshold)")
+    p.add_argument("--allow-outside-root", action="store_true", help="allow manifest paths outside its folder")
+    p.add_argument("--chunks", type=int, nargs="+", default=None, help="Zarr chunk shape (default 64^3)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--splits", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_prep)
+
+    p = sub.add_parser("info", help="summarise a Zarr store (volumes per modality/split/label)")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="benchmarks: kernels | data | sampling | training")
+    p.add_argument("what", choices=["kernels", "data", "sampling", "training"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see its --help)")
+    p.set_defaults(func=cmd_bench)
+
+    for name, helptext in (("train", "train a recipe stage"), ("encode", "encode a store into a latent cache"),
+                           ("sample", "sample volumes from a trained recipe"), ("eval", "evaluation metrics")):
+        p = sub.add_parser(name, help=f"{helptext} (arrives with a later issue)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_not_yet(name))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NotYetAvailableError as exc:
+        print(f"bsynth: {exc}", file=sys.stderr)
+        return 2
+    except BsynthError as exc:
+        print(f"bsynth: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bsynth: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

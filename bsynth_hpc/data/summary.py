@@ -1,0 +1,86 @@
+"""Human-readable summary of a volume store (used by `bsynth info` and `bsynth demo`)."""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .store import REPORT_NAME, VolumeStore
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def split_of(info: dict[str, Any], record: dict[str, Any]) -> str:
+    """The split of a record's subject from the store's split assignment ('-' if unassigned)."""
+    assignment = ((info.get("splits") or {}).get("assignment")) or {}
+    return str(assignment.get(f"{record.get('dataset')}/{record.get('subject')}", "-"))
+
+
+def store_summary(path: str | Path) -> dict[str, Any]:
+    """Counts per modality/dataset/label/split, sizes and the prep report's failures."""
+    store = VolumeStore(path)
+    info = store.info
+    records = list(store.records())
+    n = len(records)
+    raw_bytes = n * int(np.prod(store.shape)) * np.dtype(store.dtype).itemsize
+    disk = _dir_bytes(store.path / "volumes")
+    report_path = store.path / REPORT_NAME
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    return {
+        "store": str(store.path),
+        "kind": store.kind,
+        "shape": list(store.shape),
+        "spacing": info.get("spacing"),
+        "dtype": store.dtype,
+        "chunks": info.get("chunks"),
+        "compressor": info.get("compressor"),
+        "volumes": n,
+        "subjects": len({(r.get("dataset"), r.get("subject")) for r in records}),
+        "by_modality": dict(Counter(str(r.get("modality")) for r in records)),
+        "by_dataset": dict(Counter(str(r.get("dataset")) for r in records)),
+        "by_label": dict(Counter(str(r.get("label")) for r in records)),
+        "by_split": dict(Counter(split_of(info, r) for r in records)),
+        "bytes_on_disk": disk,
+        "bytes_uncompressed": raw_bytes,
+        "failures": report.get("failures", []),
+    }
+
+
+def format_store_summary(path: str | Path) -> str:
+    """The summary as aligned text lines."""
+    s = store_summary(path)
+    ratio = s["bytes_uncompressed"] / s["bytes_on_disk"] if s["bytes_on_disk"] else float("nan")
+
+    def fmt(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "-"
+
+    lines = [
+        f"store       {s['store']}  ({s['kind']}, shape {tuple(s['shape'])}, {s['dtype']}, chunks {s['chunks']})",
+        f"volumes     {s['volumes']} from {s['subjects']} subjects",
+        f"modalities  {fmt(s['by_modality'])}",
+        f"datasets    {fmt(s['by_dataset'])}",
+        f"labels      {fmt(s['by_label'])}",
+        f"splits      {fmt(s['by_split'])}",
+        f"size        {s['bytes_on_disk'] / 2**20:.1f} MiB on disk, {s['bytes_uncompressed'] / 2**20:.1f} MiB raw "
+        f"(compression {ratio:.2f}x)",
+    ]
+    if s["failures"]:
+        lines.append(f"failed      {len(s['failures'])} input(s), see {Path(s['store']) / REPORT_NAME}:")
+        for f in s["failures"]:
+            lines.append(f"  - {f.get('source_path')}: {f.get('error_type')}: {f.get('message')}")
+    else:
+        lines.append("failed      none")
+    return "\n".join(lines)
