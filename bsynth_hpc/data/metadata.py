@@ -1,0 +1,446 @@
+"""The 25-field BrainScape metadata schema (seed 003 §2.2.2): parsing, statistics, encoding.
+
+Three steps, each with one job:
+
+1. ``parse_metadata(raw)`` turns whatever a manifest/participants table holds (strings in
+   many spellings, numbers, NaN) into *canonical typed values*: ``float`` for continuous
+   fields (rounded to the field's recorded precision), the canonical category name (``str``)
+   for categorical fields, ``bool`` for binary fields, ``None`` when missing. Values outside
+   the schema raise :class:`MetadataError` naming the field, the value, the source and the
+   allowed values. Parsing is idempotent: parsing canonical values returns them unchanged.
+2. ``compute_metadata_stats(metas)`` gives mean/std/count of the continuous fields over the
+   training split (the z-score statistics).
+3. ``encode_metadata(meta, stats)`` gives the model's conditioning input: ``values`` float32[25]
+   and the availability mask ``r`` uint8[25] (1 = the field was recorded), in schema order:
+
+   * continuous: z-score ``(x - mean) / std`` (missing -> 0, mask 0). A field whose statistics
+     are degenerate (``count < 2``, ``std`` 0 or not finite) uses ``std = 1`` so the encoding
+     stays finite and invertible.
+   * categorical: the integer index of the category in ``FieldSpec.categories``
+     (missing -> 0, mask 0; only the mask tells a missing value from category 0).
+   * binary: the seed's *three-state* label, ``0 = missing, 1 = no, 2 = yes``. Unlike the
+     categorical code, an unrecorded value stays distinguishable from an explicit negative
+     even without the mask (the mask is still set: 1 iff the value is 1 or 2).
+
+   ``decode_metadata`` inverts this. Categorical and binary values come back exactly; a
+   continuous value is decoded in float64 as ``z * std + mean`` and rounded to the field's
+   ``decimals``. Because parsing already rounds to those decimals and float32 keeps a
+   relative error of 6e-8 on ``z`` (an absolute error of at most ``|x - mean| * 6e-8``,
+   i.e. < 3e-5 over the valid ranges, far below half a unit of the last decimal), the round
+   trip ``decode(encode(parse(raw)))`` returns the parsed values exactly.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import MetadataError
+
+Value = float | str | bool | None
+Stats = Mapping[str, Mapping[str, float]]
+
+CONTINUOUS = "continuous"
+CATEGORICAL = "categorical"
+BINARY = "binary"
+
+BINARY_MISSING, BINARY_NO, BINARY_YES = 0, 1, 2
+"""The three-state codes of binary fields."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One metadata field: its name (= manifest column), kind, and what values it allows.
+
+    ``categories`` is set for categorical fields (the order defines the integer codes);
+    ``valid_range`` (inclusive) and ``decimals`` (recorded precision) for continuous fields.
+    """
+
+    name: str
+    kind: str
+    categories: tuple[str, ...] | None = None
+    valid_range: tuple[float, float] | None = None
+    unit: str = ""
+    decimals: int | None = None
+    description: str = ""
+
+    @property
+    def num_codes(self) -> int:
+        """Distinct integer codes of the encoding (embedding table size); 0 for continuous."""
+        if self.kind == CATEGORICAL:
+            return len(self.categories or ())
+        if self.kind == BINARY:
+            return 3
+        return 0
+
+    def allowed(self) -> str:
+        """Human-readable description of the allowed values (used in error messages)."""
+        if self.kind == CONTINUOUS:
+            lo, hi = self.valid_range or (-math.inf, math.inf)
+            return f"a number in [{lo:g}, {hi:g}] {self.unit}".rstrip()
+        if self.kind == CATEGORICAL:
+            return "one of " + ", ".join(self.categories or ())
+        return "yes/no (also y/n, true/false, 1/0)"
+
+
+def _binary(name: str, description: str) -> FieldSpec:
+    return FieldSpec(name, BINARY, description=description)
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("age", CONTINUOUS, valid_range=(0.0, 120.0), unit="years", decimals=2, description="age at scan"),
+    FieldSpec("height", CONTINUOUS, valid_range=(40.0, 250.0), unit="cm", decimals=1, description="body height"),
+    FieldSpec("weight", CONTINUOUS, valid_range=(2.0, 350.0), unit="kg", decimals=1, description="body weight"),
+    FieldSpec("bmi", CONTINUOUS, valid_range=(8.0, 90.0), unit="kg/m^2", decimals=2, description="body-mass index"),
+    FieldSpec("age_group", CATEGORICAL,
+              categories=("child", "adolescent", "young_adult", "middle_aged", "older_adult")),
+    FieldSpec("sex", CATEGORICAL, categories=("female", "male")),
+    FieldSpec("race", CATEGORICAL,
+              categories=("white", "black", "asian", "hispanic", "native", "multiracial", "other")),
+    FieldSpec("handedness", CATEGORICAL, categories=("right", "left", "ambidextrous")),
+    FieldSpec("education", CATEGORICAL,
+              categories=("less_than_high_school", "high_school", "some_college", "bachelor", "graduate")),
+    FieldSpec("socioeconomic_status", CATEGORICAL, categories=("low", "middle", "high")),
+    _binary("stroke", "stroke"),
+    _binary("schizophrenia", "schizophrenia"),
+    _binary("depression", "depression"),
+    _binary("adhd", "attention-deficit/hyperactivity disorder"),
+    _binary("bipolar_disorder", "bipolar disorder"),
+    _binary("prosopagnosia", "prosopagnosia"),
+    _binary("epilepsy", "epilepsy"),
+    _binary("fcd", "focal cortical dysplasia"),
+    _binary("hs", "hippocampal sclerosis"),
+    _binary("tumor", "tumor"),
+    _binary("acute_ischaemic_stroke", "acute ischaemic stroke"),
+    _binary("dnt", "dysembryoplastic neuroepithelial tumor"),
+    _binary("gliosis", "gliosis"),
+    _binary("aneurysm", "aneurysm"),
+    _binary("asd", "autism spectrum disorder"),
+)
+"""The schema in the paper's fixed order; index j of an encoded vector is FIELDS[j]."""
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
+FIELD_INDEX: dict[str, int] = {name: i for i, name in enumerate(FIELD_NAMES)}
+NUM_FIELDS: int = len(FIELDS)
+CONTINUOUS_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.kind == CONTINUOUS)
+CATEGORICAL_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.kind == CATEGORICAL)
+BINARY_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.kind == BINARY)
+_SPEC: dict[str, FieldSpec] = {f.name: f for f in FIELDS}
+
+CLINICAL_ROI_FIELDS: tuple[str, ...] = (
+    "roi_hippocampus_left", "roi_hippocampus_right",
+    "roi_amygdala_left", "roi_amygdala_right",
+    "roi_lateral_ventricle_left", "roi_lateral_ventricle_right",
+)
+"""Seed 002's six regional volume ratios (region volume / whole-brain volume), in vector order.
+A record's ``clinical`` dict uses these keys; the 7-D clinical vector appends the label bit."""
+
+CONTROL_LABELS: frozenset[str] = frozenset({"cn", "hc", "nc", "control", "controls", "healthy", "normal"})
+"""Labels whose clinical label bit is 0 (seed 002: 0 = CN, 1 = AD); every other label is 1."""
+
+# ---------------------------------------------------------------------------- parsing helpers
+_MISSING_STRINGS = frozenset({"", "na", "n/a", "nan", "none", "null", "unknown", "missing", "?", "-", "not available"})
+_TRUE = frozenset({"yes", "y", "true", "t", "1", "1.0", "positive", "present"})
+_FALSE = frozenset({"no", "n", "false", "f", "0", "0.0", "negative", "absent"})
+
+_CATEGORY_ALIASES: dict[str, dict[str, str]] = {
+    "age_group": {
+        "children": "child", "paediatric": "child", "pediatric": "child",
+        "teen": "adolescent", "teenager": "adolescent", "adolescents": "adolescent",
+        "youngadult": "young_adult", "young": "young_adult",
+        "middle_age": "middle_aged", "middleaged": "middle_aged", "middle": "middle_aged",
+        "older": "older_adult", "old": "older_adult", "elderly": "older_adult", "senior": "older_adult",
+        "old_adult": "older_adult", "olderadult": "older_adult",
+    },
+    "sex": {"f": "female", "m": "male", "woman": "female", "man": "male", "w": "female"},
+    "race": {
+        "caucasian": "white", "european": "white",
+        "african_american": "black", "black_or_african_american": "black", "african": "black",
+        "asian_american": "asian",
+        "latino": "hispanic", "latina": "hispanic", "latinx": "hispanic", "hispanic_or_latino": "hispanic",
+        "american_indian": "native", "native_american": "native", "alaska_native": "native",
+        "american_indian_or_alaska_native": "native", "indigenous": "native",
+        "mixed": "multiracial", "multiple": "multiracial", "more_than_one_race": "multiracial",
+        "two_or_more_races": "multiracial", "multi_racial": "multiracial",
+    },
+    "handedness": {
+        "r": "right", "rh": "right", "right_handed": "right", "righthanded": "right",
+        "l": "left", "lh": "left", "left_handed": "left", "lefthanded": "left",
+        "a": "ambidextrous", "ambi": "ambidextrous", "mixed": "ambidextrous", "both": "ambidextrous",
+    },
+    "education": {
+        "less_than_highschool": "less_than_high_school", "below_high_school": "less_than_high_school",
+        "primary": "less_than_high_school", "none_completed": "less_than_high_school",
+        "highschool": "high_school", "secondary": "high_school", "ged": "high_school", "hs": "high_school",
+        "college": "some_college", "associate": "some_college", "associates": "some_college",
+        "bachelors": "bachelor", "bachelor_s": "bachelor", "ba": "bachelor", "bs": "bachelor",
+        "bsc": "bachelor", "undergraduate": "bachelor",
+        "postgraduate": "graduate", "masters": "graduate", "master": "graduate", "master_s": "graduate",
+        "msc": "graduate", "phd": "graduate", "doctorate": "graduate", "graduate_degree": "graduate",
+    },
+    "socioeconomic_status": {"medium": "middle", "mid": "middle", "average": "middle", "moderate": "middle"},
+}
+
+_KEY_ALIASES: dict[str, str] = {"gender": "sex", "ses": "socioeconomic_status", "handed": "handedness"}
+"""Column names some datasets use instead of the schema's (used only when the schema name is absent)."""
+
+_AGE_TEXT = re.compile(r"^(\d+(?:\.\d+)?)\s*(d|w|m|y|days?|weeks?|months?|yrs?|years?)$")
+_AGE_UNIT_YEARS = {"d": 1 / 365.25, "w": 7 / 365.25, "m": 1 / 12, "y": 1.0}
+_NORMALISE = re.compile(r"[\s\-/.,']+")
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return True
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas.NA / NaT without importing pandas
+        return True
+    return isinstance(value, str) and value.strip().lower() in _MISSING_STRINGS
+
+
+def _norm_token(text: str) -> str:
+    return _NORMALISE.sub("_", text.strip().lower()).strip("_")
+
+
+def _error(spec: FieldSpec, value: Any, source: str, why: str = "") -> MetadataError:
+    where = f" in {source}" if source else ""
+    reason = f" ({why})" if why else ""
+    return MetadataError(
+        f"metadata field {spec.name!r} has value {value!r}{where}{reason}: allowed is {spec.allowed()}; "
+        "fix the value in the source table, or leave it empty if it was not recorded"
+    )
+
+
+def _parse_continuous(spec: FieldSpec, value: Any, source: str) -> float:
+    if isinstance(value, (bool, np.bool_)):
+        raise _error(spec, value, source, "a boolean is not a number")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            number = float(text)
+        except ValueError:
+            match = _AGE_TEXT.match(text) if spec.name == "age" else None
+            if match is None:
+                raise _error(spec, value, source, "not a number") from None
+            number = float(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)[0]]
+    else:
+        raise _error(spec, value, source, f"unsupported type {type(value).__name__}")
+    lo, hi = spec.valid_range or (-math.inf, math.inf)
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise _error(spec, value, source, "outside the valid range")
+    return round(number, spec.decimals) if spec.decimals is not None else number
+
+
+def _parse_categorical(spec: FieldSpec, value: Any, source: str) -> str:
+    if not isinstance(value, str):
+        raise _error(spec, value, source, "categories are given by name, not by code")
+    token = _norm_token(value)
+    categories = spec.categories or ()
+    if token in categories:
+        return token
+    alias = _CATEGORY_ALIASES.get(spec.name, {}).get(token)
+    if alias is None:
+        raise _error(spec, value, source)
+    return alias
+
+
+def _parse_binary(spec: FieldSpec, value: Any, source: str) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if value in (0, 1):
+            return bool(value)
+        raise _error(spec, value, source)
+    if isinstance(value, str):
+        token = value.strip().lower()
+        if token in _TRUE:
+            return True
+        if token in _FALSE:
+            return False
+    raise _error(spec, value, source)
+
+
+_PARSERS = {CONTINUOUS: _parse_continuous, CATEGORICAL: _parse_categorical, BINARY: _parse_binary}
+
+
+def _lookup(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Map schema names to raw values: exact names first, then case/space-insensitive names, then aliases."""
+    found: dict[str, Any] = {}
+    loose: dict[str, Any] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            continue
+        if key in _SPEC:
+            found[key] = value
+            continue
+        token = _norm_token(key)
+        token = _KEY_ALIASES.get(token, token)
+        if token in _SPEC:
+            loose.setdefault(token, value)
+    for name, value in loose.items():
+        found.setdefault(name, value)
+    return found
+
+
+# ---------------------------------------------------------------------------- public API
+def parse_metadata(raw: Mapping[str, Any], source: str = "") -> dict[str, Value]:
+    """Canonical typed values of all 25 fields (None = missing) from one raw row.
+
+    ``source`` (e.g. ``"participants.tsv row 12"``) is quoted in errors. Keys outside the
+    schema are ignored; column names match case-insensitively (``Age``, ``BMI``) and a few
+    common synonyms are accepted (``gender`` -> sex, ``ses`` -> socioeconomic_status).
+    """
+    values = _lookup(raw)
+    out: dict[str, Value] = {}
+    for spec in FIELDS:
+        value = values.get(spec.name)
+        out[spec.name] = None if _is_missing(value) else _PARSERS[spec.kind](spec, value, source)
+    return out
+
+
+def compute_metadata_stats(metas: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean, sample std (ddof=1) and count of each continuous field over parsed metadata.
+
+    Feed the training split only (one entry per subject session), so validation/test values
+    never shape the normalisation. A field with fewer than two values gets ``std = 0.0``
+    (and ``mean = 0.0`` when it has none); the encoder then falls back to ``std = 1``.
+    """
+    columns: dict[str, list[float]] = {name: [] for name in CONTINUOUS_FIELDS}
+    for meta in metas:
+        parsed = parse_metadata(meta)
+        for name in CONTINUOUS_FIELDS:
+            if parsed[name] is not None:
+                columns[name].append(float(parsed[name]))  # type: ignore[arg-type]
+    stats: dict[str, dict[str, float]] = {}
+    for name, xs in columns.items():
+        arr = np.asarray(xs, dtype=np.float64)
+        stats[name] = {
+            "mean": float(arr.mean()) if arr.size else 0.0,
+            "std": float(arr.std(ddof=1)) if arr.size >= 2 else 0.0,
+            "count": float(arr.size),
+        }
+    return stats
+
+
+def _norm_params(stats: Stats | None) -> dict[str, tuple[float, float]]:
+    """(mean, effective std) per continuous field, validating the stats mapping."""
+    if stats is None:
+        raise MetadataError(
+            "metadata statistics are missing: finalize the store (bsynth_hpc.data.finalize_store) or "
+            "compute them with compute_metadata_stats over the training split"
+        )
+    params: dict[str, tuple[float, float]] = {}
+    for name in CONTINUOUS_FIELDS:
+        entry = stats.get(name)
+        if not isinstance(entry, Mapping) or "mean" not in entry or "std" not in entry:
+            raise MetadataError(
+                f"metadata statistics lack field {name!r} (need mean/std/count): recompute them with "
+                "compute_metadata_stats or re-run finalize_store"
+            )
+        mean = float(entry["mean"]) if entry["mean"] is not None else 0.0
+        std = float(entry["std"]) if entry["std"] is not None else 0.0
+        count = float(entry.get("count", 2.0) or 0.0)
+        if not math.isfinite(mean):
+            mean = 0.0
+        if count < 2 or not math.isfinite(std) or std <= 0.0:
+            std = 1.0
+        params[name] = (mean, std)
+    return params
+
+
+def _encode_into(meta: Mapping[str, Any], params: Mapping[str, tuple[float, float]],
+                 values: np.ndarray, mask: np.ndarray, source: str) -> None:
+    parsed = parse_metadata(meta, source)
+    for j, spec in enumerate(FIELDS):
+        value = parsed[spec.name]
+        if value is None:
+            values[j], mask[j] = 0.0, 0
+            continue
+        mask[j] = 1
+        if spec.kind == CONTINUOUS:
+            mean, std = params[spec.name]
+            values[j] = (float(value) - mean) / std  # type: ignore[arg-type]
+        elif spec.kind == CATEGORICAL:
+            values[j] = (spec.categories or ()).index(value)  # type: ignore[arg-type]
+        else:
+            values[j] = BINARY_YES if value else BINARY_NO
+
+
+def encode_metadata(meta: Mapping[str, Any], stats: Stats | None, source: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(values float32[25], availability mask uint8[25]) of one entry; see the module docstring.
+
+    ``meta`` may be raw or already parsed (parsing is idempotent and validates it).
+    """
+    params = _norm_params(stats)
+    values = np.zeros(NUM_FIELDS, dtype=np.float32)
+    mask = np.zeros(NUM_FIELDS, dtype=np.uint8)
+    _encode_into(meta, params, values, mask, source)
+    return values, mask
+
+
+def encode_metadata_batch(metas: Sequence[Mapping[str, Any] | None], stats: Stats | None,
+                          sources: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode many entries at once: (values float32[N, 25], mask uint8[N, 25]); None rows are all-missing."""
+    params = _norm_params(stats)
+    values = np.zeros((len(metas), NUM_FIELDS), dtype=np.float32)
+    mask = np.zeros((len(metas), NUM_FIELDS), dtype=np.uint8)
+    for i, meta in enumerate(metas):
+        if meta is not None:
+            _encode_into(meta, params, values[i], mask[i], sources[i] if sources is not None else f"row {i}")
+    return values, mask
+
+
+def decode_metadata(values: Any, mask: Any, stats: Stats | None) -> dict[str, Value]:
+    """Invert :func:`encode_metadata` (numpy arrays or tensors of length 25).
+
+    Continuous values are computed in float64 and rounded to ``FieldSpec.decimals``.
+    Raises MetadataError for codes outside a field's categories or a mask that contradicts
+    a binary code.
+    """
+    vals = np.asarray(getattr(values, "detach", lambda: values)(), dtype=np.float64).reshape(-1)
+    msk = np.asarray(getattr(mask, "detach", lambda: mask)(), dtype=np.float64).reshape(-1)
+    if vals.shape != (NUM_FIELDS,) or msk.shape != (NUM_FIELDS,):
+        raise MetadataError(
+            f"decode_metadata needs {NUM_FIELDS} values and {NUM_FIELDS} mask entries, got {vals.size} and {msk.size}"
+        )
+    params = _norm_params(stats)
+    out: dict[str, Value] = {}
+    for j, spec in enumerate(FIELDS):
+        available = msk[j] >= 0.5
+        if spec.kind == BINARY:
+            code = int(round(vals[j]))
+            if code not in (BINARY_MISSING, BINARY_NO, BINARY_YES) or (code != BINARY_MISSING) != available:
+                raise MetadataError(
+                    f"metadata field {spec.name!r}: three-state code {vals[j]!r} with mask {msk[j]:g} is not a "
+                    "valid encoding (codes 0 = missing, 1 = no, 2 = yes; mask 1 iff code > 0)"
+                )
+            out[spec.name] = None if code == BINARY_MISSING else code == BINARY_YES
+        elif not available:
+            out[spec.name] = None
+        elif spec.kind == CATEGORICAL:
+            code = int(round(vals[j]))
+            categories = spec.categories or ()
+            if not 0 <= code < len(categories):
+                raise MetadataError(
+                    f"metadata field {spec.name!r}: category code {vals[j]!r} is outside 0..{len(categories) - 1}"
+                )
+            out[spec.name] = categories[code]
+        else:
+            mean, std = params[spec.name]
+            x = vals[j] * std + mean
+            out[spec.name] = round(float(x), spec.decimals) if spec.decimals is not None else float(x)
+    return out
+
+
+def field_spec(name: str) -> FieldSpec:
+    """The spec of one field; MetadataError naming the schema when unknown."""
+    try:
+        return _SPEC[name]
+    except KeyError:
+        raise MetadataError(f"unknown metadata field {name!r}: the schema has {', '.join(FIELD_NAMES)}") from None
