@@ -396,6 +396,13 @@ def encode_metadata_batch(metas: Sequence[Mapping[str, Any] | None], stats: Stat
     return values, mask
 
 
+def _as_float64(x: Any) -> np.ndarray:
+    """A flat float64 copy of a numpy array, list or (possibly CUDA) tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
 def decode_metadata(values: Any, mask: Any, stats: Stats | None) -> dict[str, Value]:
     """Invert :func:`encode_metadata` (numpy arrays or tensors of length 25).
 
@@ -403,8 +410,7 @@ def decode_metadata(values: Any, mask: Any, stats: Stats | None) -> dict[str, Va
     Raises MetadataError for codes outside a field's categories or a mask that contradicts
     a binary code.
     """
-    vals = np.asarray(getattr(values, "detach", lambda: values)(), dtype=np.float64).reshape(-1)
-    msk = np.asarray(getattr(mask, "detach", lambda: mask)(), dtype=np.float64).reshape(-1)
+    vals, msk = _as_float64(values), _as_float64(mask)
     if vals.shape != (NUM_FIELDS,) or msk.shape != (NUM_FIELDS,):
         raise MetadataError(
             f"decode_metadata needs {NUM_FIELDS} values and {NUM_FIELDS} mask entries, got {vals.size} and {msk.size}"
@@ -444,3 +450,44 @@ def field_spec(name: str) -> FieldSpec:
         return _SPEC[name]
     except KeyError:
         raise MetadataError(f"unknown metadata field {name!r}: the schema has {', '.join(FIELD_NAMES)}") from None
+
+
+# ---------------------------------------------------------------------------- clinical vector
+CLINICAL_DIM: int = len(CLINICAL_ROI_FIELDS) + 1
+
+
+def clinical_label_bit(label: str | None) -> float | None:
+    """Seed 002's diagnosis bit: 0 for control labels (CN, HC, healthy, ...), 1 otherwise, None when unlabelled."""
+    if label is None:
+        return None
+    return 0.0 if label.strip().lower() in CONTROL_LABELS else 1.0
+
+
+def encode_clinical(clinical: Mapping[str, Any] | None, label: str | None,
+                    source: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Seed 002's 7-D clinical vector (six ROI ratios + label bit) and its availability mask (float32[7] each).
+
+    Missing entries are 0 with mask 0. Keys other than CLINICAL_ROI_FIELDS raise MetadataError.
+    """
+    vec = np.zeros(CLINICAL_DIM, dtype=np.float32)
+    mask = np.zeros(CLINICAL_DIM, dtype=np.float32)
+    if clinical:
+        unknown = sorted(set(clinical) - set(CLINICAL_ROI_FIELDS))
+        if unknown:
+            where = f" in {source}" if source else ""
+            raise MetadataError(
+                f"clinical keys {unknown}{where} are not ROI ratios: expected keys {', '.join(CLINICAL_ROI_FIELDS)}"
+            )
+        for j, name in enumerate(CLINICAL_ROI_FIELDS):
+            value = clinical.get(name)
+            if value is None or _is_missing(value):
+                continue
+            number = float(value)
+            if not math.isfinite(number) or number < 0:
+                where = f" in {source}" if source else ""
+                raise MetadataError(f"clinical ratio {name!r} = {value!r}{where} must be a finite number >= 0")
+            vec[j], mask[j] = number, 1.0
+    bit = clinical_label_bit(label)
+    if bit is not None:
+        vec[-1], mask[-1] = bit, 1.0
+    return vec, mask
