@@ -35,11 +35,13 @@ def cmd_prep(args: argparse.Namespace) -> int:
     elif args.brats:
         source = PrepSource.brats(args.brats)
     else:
-        source = PrepSource.slices(args.slices)
+        source = PrepSource.slices(args.slices, modality=args.slice_modality, subject_pattern=args.subject_pattern)
+    mask: bool | str = args.mask_column if args.mask_column else bool(args.mask)
     cluster_options = _load_yaml(args.cluster_config) if args.cluster_config else None
     result = run_prep(
-        source, args.out, shape=tuple(args.shape), spacing=tuple(args.spacing), workers=args.workers,
-        normalize=args.normalize, clip_percentiles=tuple(args.clip_percentiles), mask=args.mask,
+        source, args.out, shape=tuple(args.shape) if args.shape else None,
+        spacing=tuple(args.spacing) if args.spacing else None, workers=args.workers,
+        normalize=args.normalize, clip_percentiles=tuple(args.clip_percentiles), mask=mask,
         allow_outside_root=args.allow_outside_root, cluster=args.cluster, cluster_options=cluster_options,
         chunks=tuple(args.chunks) if args.chunks else None, dtype=args.dtype,
         splits=tuple(args.splits), seed=args.seed, progress=not args.quiet,
@@ -151,14 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--brats", help="BraTS-layout folder (<case>/<case>_t1|_t1ce|_t2|_flair.nii.gz)")
     src.add_argument("--slices", help="2D slice image folders by class (ROOT/<class>/*.png)")
     p.add_argument("--out", required=True, help="output store, e.g. data/store.zarr")
-    p.add_argument("--shape", type=int, nargs="+", default=list(DEFAULT_SHAPE), help="target shape (3 ints, 2 for --slices)")
-    p.add_argument("--spacing", type=float, nargs="+", default=list(DEFAULT_SPACING), help="target spacing in mm")
+    p.add_argument("--shape", type=int, nargs="+", default=None,
+                   help=f"target shape: 3 ints (default {' '.join(map(str, DEFAULT_SHAPE))}), 2 for --slices (default 256 256)")
+    p.add_argument("--spacing", type=float, nargs="+", default=None,
+                   help=f"target spacing in mm (default {' '.join(f'{v:g}' for v in DEFAULT_SPACING)}; ignored for --slices)")
     p.add_argument("--workers", type=int, default=2, help="Dask workers (processes)")
     p.add_argument("--cluster", choices=["local", "slurm", "sync", "processes"], default="local")
     p.add_argument("--cluster-config", help="YAML of dask-jobqueue SLURMCluster options for --cluster slurm")
     p.add_argument("--normalize", choices=["minmax", "zscore"], default="minmax")
     p.add_argument("--clip-percentiles", type=float, nargs=2, default=[0.5, 99.5], metavar=("LO", "HI"))
-    p.add_argument("--mask", action="store_true", help="mask the background (mask column or foreground threshold)")
+    p.add_argument("--mask", action="store_true", help="mask the background with a foreground threshold")
+    p.add_argument("--mask-column", default=None, help="manifest column holding brain-mask NIfTI paths (implies masking)")
+    p.add_argument("--slice-modality", default="T1w", help="modality recorded for --slices images")
+    p.add_argument("--subject-pattern", default=None,
+                   help="regex whose first group extracts the subject id from a slice file name (subject-aware splits)")
     p.add_argument("--allow-outside-root", action="store_true", help="allow manifest paths outside its folder")
     p.add_argument("--chunks", type=int, nargs="+", default=None, help="Zarr chunk shape (default 64^3)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")

@@ -1,0 +1,222 @@
+"""`bsynth prep`: inputs -> preprocessed Zarr store, Dask-parallel, resumable, with a failure report.
+
+One run:
+
+1. resolve parameters (:class:`~data_prep.preprocess.PreprocessParams`) and read the source
+   (:mod:`data_prep.ingest`: cheap row checks, bad rows become failures);
+2. create the store, or reopen it after checking it was made with the same parameters, and take
+   its lock (``<store>/prep.lock``: two runs writing one store would delete each other's
+   staging files);
+3. remove staging leftovers of an interrupted run and skip volume ids already published — this
+   is what makes a rerun resume;
+4. run one task per remaining input on the chosen cluster (:mod:`data_prep.cluster`); each
+   task loads, validates, preprocesses and publishes its volume atomically
+   (:mod:`data_prep.worker`), so a crash at any point leaves only complete volumes visible;
+5. finalize the store (splits, metadata statistics, ``table.csv``), write
+   ``<store>/prep_report.json`` and print the summary.
+
+Errors that stop a run before any work (unreadable manifest, missing columns, store made with
+other parameters, store locked, bad options) raise ManifestError/StoreError/ConfigError — the
+CLI exits with 2 for those. Otherwise :class:`PrepResult.exit_code` says 0/1/2.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from bsynth_hpc.constants import DEFAULT_SHAPE, DEFAULT_SPACING
+from bsynth_hpc.data.finalize import finalize_store
+from bsynth_hpc.data.splits import check_fractions
+from bsynth_hpc.data.store import REPORT_NAME, StoreLayout, VolumeStore
+from bsynth_hpc.errors import ConfigError, StoreError
+
+from .cluster import check_cluster_args, map_unordered
+from .ingest import PrepSource, WorkItem, collect
+from .preprocess import PreprocessParams
+from .report import Failure, PrepResult, failure_from_exception, format_summary, write_report
+from .worker import DONE, SKIPPED, process_item
+
+__all__ = ["PrepSource", "PrepResult", "run_prep", "resolve_params", "DEFAULT_SLICE_SHAPE", "LOCK_NAME"]
+
+DEFAULT_SLICE_SHAPE: tuple[int, int] = (256, 256)
+SLICE_SPACING: tuple[float, float] = (1.0, 1.0)
+"""Slice images carry no physical pixel size; the store records a nominal 1 x 1."""
+LOCK_NAME = "prep.lock"
+_PARAM_KEYS_THAT_MUST_MATCH = ("shape", "spacing", "normalize", "clip_percentiles", "mask", "mask_column",
+                               "foreground_fraction", "antialias", "slice_fit", "version")
+
+
+def resolve_params(source: PrepSource, shape: Sequence[int] | None, spacing: Sequence[float] | None,
+                   normalize: str, clip_percentiles: Sequence[float], mask: bool | str) -> PreprocessParams:
+    """PreprocessParams for a source, with per-kind defaults.
+
+    ``mask``: False -> none; True or "foreground" -> foreground threshold; any other string ->
+    the manifest column holding brain-mask paths. For slice sources ``spacing`` is ignored
+    (pixels have no physical size here) and ``shape`` must be (H, W).
+    """
+    if mask is False or mask is None or mask == "none":
+        mask_mode, mask_column = "none", None
+    elif mask is True or mask == "foreground":
+        mask_mode, mask_column = "foreground", None
+    elif isinstance(mask, str) and mask.strip():
+        mask_mode, mask_column = "file", mask.strip()
+    else:
+        raise ConfigError(f"mask={mask!r}: use False, True/'foreground', or the name of a manifest mask column")
+    if source.store_kind == "slice2d":
+        shape_t = tuple(int(s) for s in (shape or DEFAULT_SLICE_SHAPE))
+        if len(shape_t) != 2:
+            raise ConfigError(f"slice folders need a 2D shape (H W), got {shape_t}: pass --shape H W")
+        spacing_t: tuple[float, ...] = SLICE_SPACING
+    else:
+        shape_t = tuple(int(s) for s in (shape or DEFAULT_SHAPE))
+        if len(shape_t) != 3:
+            raise ConfigError(f"volumes need a 3D shape (X Y Z), got {shape_t}: pass --shape X Y Z")
+        spacing_t = tuple(float(s) for s in (spacing or DEFAULT_SPACING))
+        if len(spacing_t) == 1:
+            spacing_t = spacing_t * 3
+    if len(clip_percentiles) != 2:
+        raise ConfigError(f"clip_percentiles {tuple(clip_percentiles)}: give two numbers (low, high)")
+    return PreprocessParams(shape=shape_t, spacing=spacing_t, normalize=normalize,
+                            clip_percentiles=(float(clip_percentiles[0]), float(clip_percentiles[1])),
+                            mask=mask_mode, mask_column=mask_column, slice_fit=source.fit)
+
+
+def _check_store_params(store: VolumeStore, params: PreprocessParams) -> None:
+    """StoreError when an existing store was prepared with other parameters (mixing would corrupt it)."""
+    have = store.info.get("preprocessing") or {}
+    want = json.loads(json.dumps(params.as_dict()))
+    diff = [k for k in _PARAM_KEYS_THAT_MUST_MATCH if have.get(k) != want.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}: store {have.get(k)!r} vs run {want.get(k)!r}" for k in diff)
+        raise StoreError(f"{store.path} was prepared with other parameters ({detail}): rerun with the store's "
+                         "parameters to add volumes, or write to a new --out store")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def store_lock(store_path: Path) -> Iterator[Path]:
+    """Exclusive lock file for one prep run on a store; a stale lock (dead process, same host) is taken over."""
+    lock = store_path / LOCK_NAME
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) \
+                    and not _pid_alive(holder["pid"]):
+                lock.unlink(missing_ok=True)  # the run that held it died: take over
+                continue
+            raise StoreError(
+                f"{store_path} is being written by another prep run (host {holder.get('host')}, pid "
+                f"{holder.get('pid')}): wait for it, or if that run is dead delete {lock}") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(me, fh)
+        break
+    else:  # pragma: no cover - only when another run re-creates the lock between our two tries
+        raise StoreError(f"could not take the lock {lock}: another prep run started at the same time")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _progress_line(i: int, n: int, failed: int, elapsed: float, since_first: float) -> str:
+    """Progress with an ETA from the rate after the first result (cluster start-up excluded)."""
+    eta = f", ~{since_first / (i - 1) * (n - i):.0f} s left" if 1 < i < n else ""
+    return f"[prep] {i}/{n} processed ({failed} failed), {elapsed:.0f} s{eta}"
+
+
+def _execute(items: list[WorkItem], params: PreprocessParams, store: VolumeStore, cluster: str, workers: int,
+             cluster_options: Mapping[str, Any] | None, progress: bool) -> tuple[int, int, list[Failure]]:
+    """Run the tasks; (done, skipped-by-worker, failures)."""
+    done = skipped = 0
+    failures: list[Failure] = []
+    step, t0, t_first = max(1, len(items) // 20), time.perf_counter(), 0.0
+    for i, (item, outcome) in enumerate(
+            map_unordered(process_item, items, (params, str(store.path)), kind=cluster, workers=workers,
+                          options=cluster_options), start=1):
+        if isinstance(outcome, BaseException):  # the task could not run (lost worker, ...)
+            failures.append(failure_from_exception(outcome, item.ref, "worker"))
+        elif outcome.status == DONE:
+            done += 1
+        elif outcome.status == SKIPPED:
+            skipped += 1
+        else:
+            failures.append(outcome.failure)
+        now = time.perf_counter()
+        t_first = t_first or now
+        if progress and (i % step == 0 or i == len(items)):
+            print(_progress_line(i, len(items), len(failures), now - t0, now - t_first), file=sys.stderr, flush=True)
+    return done, skipped, failures
+
+
+def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[int] | None = None,
+             spacing: Sequence[float] | None = None, workers: int = 2, normalize: str = "minmax",
+             clip_percentiles: Sequence[float] = (0.5, 99.5), mask: bool | str = False,
+             allow_outside_root: bool = False, cluster: str = "local",
+             cluster_options: Mapping[str, Any] | None = None, chunks: Sequence[int] | None = None,
+             compressor: Mapping[str, Any] | None = None, dtype: str = "float16",
+             splits: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, progress: bool = True) -> PrepResult:
+    """Preprocess every input of ``source`` into the store ``out`` (see the module docstring).
+
+    shape/spacing default to 192x224x160 at 1 mm for volumes and 256x256 for slices; chunks,
+    compressor and dtype apply when the store is created (an existing store keeps its own).
+    """
+    t0 = time.perf_counter()
+    params = resolve_params(source, shape, spacing, normalize, clip_percentiles, mask)
+    check_cluster_args(cluster, workers, cluster_options)
+    check_fractions(splits)
+    ingested = collect(source, mask_column=params.mask_column, allow_outside_root=allow_outside_root)
+    layout = StoreLayout(kind=source.store_kind, shape=params.shape, spacing=params.spacing, dtype=dtype,
+                         chunks=tuple(chunks) if chunks else None, compressor=compressor)
+    store = VolumeStore.create_or_open(Path(out).absolute(), layout, preprocessing=params.as_dict())
+    _check_store_params(store, params)
+    parameters = {**params.as_dict(), "dtype": store.dtype, "chunks": store.info.get("chunks"),
+                  "compressor": store.info.get("compressor"), "cluster": cluster, "workers": workers,
+                  "allow_outside_root": allow_outside_root, "splits": list(splits), "seed": seed}
+
+    with store_lock(store.path):
+        store.remove_staging()
+        todo = [it for it in ingested.items if not store.has_volume(it.volume_id)]
+        skipped = len(ingested.items) - len(todo)
+        if progress:
+            print(f"[prep] {ingested.total} inputs: {len(todo)} to process, {skipped} already in {store.path}, "
+                  f"{len(ingested.failures)} rejected up front; cluster={cluster}, workers={workers}",
+                  file=sys.stderr, flush=True)
+        done, skipped_late, worker_failures = _execute(todo, params, store, cluster, workers, cluster_options,
+                                                       progress)
+        store.remove_staging()  # empty unless a task died mid-write; the lock says no one else writes
+        # workers finish in any order: sort so the report does not depend on the cluster
+        failures = ingested.failures + sorted(worker_failures, key=lambda f: f.volume_id or "")
+        result = PrepResult(store_path=store.path, kind=store.kind, total=ingested.total, done=done,
+                            skipped=skipped + skipped_late, failures=failures,
+                            report_path=store.path / REPORT_NAME, elapsed_s=0.0, parameters=parameters)
+        source_info = {**source.describe(), **ingested.info}
+        try:
+            if store.volume_ids():
+                result.finalize = finalize_store(store, fractions=splits, seed=seed)
+        finally:
+            result.elapsed_s = time.perf_counter() - t0
+            write_report(result, source_info)
+    if progress:
+        print(format_summary(result), flush=True)
+    return result
