@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "tqdm>=4.66",
     "pywavelets>=1.6",
+    "pillow>=10",
 ]
 
 EXTRAS = {
