@@ -10,7 +10,10 @@ Two methods:
   ``u = sha256(f"{seed}:{key}") / 2**64`` in [0, 1), train if ``u < f_train``, val if
   ``u < f_train + f_val``, else test. Adding subjects never moves existing ones, so a store
   extended with new datasets keeps its old test set. Split sizes match the fractions in
-  expectation (binomial spread), which is what large cohorts need.
+  expectation (binomial spread), which is what large cohorts need. In tiny cohorts a split with
+  a positive fraction that hashing left empty gets the nearest subject moved into it
+  (`_fill_empty_splits`), so validation always has data; that repair is the one exception to
+  stability and only occurs while a split would otherwise be empty.
 * ``"stratified"``: within each stratum (e.g. the dataset, or the set of modalities a subject
   has), subjects are ordered by the same hash and cut at largest-remainder quotas, so every
   stratum is split as close to the fractions as integers allow (useful for rare strata such
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Hashable, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
@@ -81,6 +84,37 @@ def _quotas(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
+def _fill_empty_splits(assignment: dict[str, str], fractions: Sequence[float], seed: int) -> dict[str, str]:
+    """Tiny cohorts: give every split with a positive fraction at least one subject.
+
+    Hashing can leave a split empty when there are few subjects (16 subjects at 10% leave
+    val empty with probability 0.9^16 = 19%), which breaks validation. The repair moves, from
+    a split that keeps at least one member, the subject whose hash lies closest to the empty
+    split's interval. It changes nothing when every split is already populated, so the hash
+    method stays stable for real cohorts.
+    """
+    wanted = [name for name, f in zip(SPLITS, fractions) if f > 0]
+    if len(assignment) < len(wanted):
+        return assignment
+    bounds = dict(zip(SPLITS, zip(_cumulative(fractions)[:-1], _cumulative(fractions)[1:])))
+    for name in wanted:
+        counts = Counter(assignment.values())
+        if counts[name]:
+            continue
+        lo, hi = bounds[name]
+        donors = [k for k, s in assignment.items() if s != name and counts[s] > 1]
+        best = min(donors, key=lambda k: (min(abs(hash_unit(k, seed) - lo), abs(hash_unit(k, seed) - hi)), k))
+        assignment[best] = name
+    return assignment
+
+
+def _cumulative(fractions: Sequence[float]) -> list[float]:
+    out = [0.0]
+    for f in fractions:
+        out.append(out[-1] + f)
+    return out
+
+
 def split_subjects(keys: Iterable[str], fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
                    method: str = "hash", strata: Mapping[str, Hashable] | None = None) -> dict[str, str]:
     """Assign every subject key to "train" | "val" | "test" (see the module docstring).
@@ -90,7 +124,7 @@ def split_subjects(keys: Iterable[str], fractions: Sequence[float] = DEFAULT_FRA
     fr = check_fractions(fractions)
     unique = sorted(set(keys))
     if method == "hash":
-        return {k: assign_split(k, fr, seed) for k in unique}
+        return _fill_empty_splits({k: assign_split(k, fr, seed) for k in unique}, fr, seed)
     if method != "stratified":
         raise ConfigError(f"unknown split method {method!r}: use one of {', '.join(METHODS)}")
     if strata is None:
