@@ -1,0 +1,103 @@
+"""Perceptual loss on tri-planar 2D slices through LPIPS (seed 000 §3.1 eq. 4 and §5.1: "perceptual
+loss computed based on 2D slices fed into a pretrained network of AlexNet", LPIPS weight 0.6;
+seed 003 §2.5.1: L_perc = ||Phi(v) - Phi(v_hat)|| with a fixed pretrained extractor).
+
+The network is the evaluation's LPIPS(alex, v0.1) (:func:`bsynth_hpc.eval.lpips_slices.load_lpips`):
+linear heads shipped with ``lpips``, AlexNet trunk from a local torchvision state dict (argument
+or ``$BSYNTH_WEIGHTS_DIR``); it is frozen and kept in eval mode. A missing trunk is a
+WeightsError unless ``allow_random`` (smoke tests only) is set, which keeps a random trunk and
+logs a warning.
+
+Slicing: for each plane (sagittal fixes X, coronal Y, axial Z; :mod:`bsynth_hpc.eval.slices`),
+``slices_per_plane`` indices are taken, evenly spaced with the end slices excluded (the
+evaluation's ``slice_indices``) or drawn at random each call (``sampling="random"``, better
+coverage over training). The same indices slice both volumes. Slices in [0, 1] are repeated to
+three channels and mapped to [-1, 1]; a slice whose short side is below 64 pixels is upsampled
+(bilinear) so that every AlexNet stage has a spatial extent, as in the evaluation. The loss is
+the mean LPIPS over the slices of each plane, averaged over the planes; it is differentiable
+with respect to the reconstruction.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..eval.lpips_slices import MIN_SIDE, load_lpips
+from ..eval.slices import PLANES, plane_axis, slice_indices
+
+__all__ = ["SlicePerceptualLoss", "lpips_input"]
+
+log = logging.getLogger(__name__)
+
+
+def lpips_input(slices: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) slices -> (N, 3, H', W') LPIPS input, short side upsampled to at least 64."""
+    short = min(slices.shape[-2:])
+    if short < MIN_SIDE:
+        scale = MIN_SIDE / short
+        size = (max(MIN_SIDE, round(slices.shape[-2] * scale)), max(MIN_SIDE, round(slices.shape[-1] * scale)))
+        slices = F.interpolate(slices, size=size, mode="bilinear", align_corners=False)
+    return slices.expand(-1, 3, -1, -1)
+
+
+class SlicePerceptualLoss(nn.Module):
+    """LPIPS between tri-planar slices of a reconstruction and its target (see the module docstring)."""
+
+    def __init__(self, weights: str | os.PathLike[str] | None = None, *, slices_per_plane: int = 8,
+                 planes: Sequence[str] = tuple(PLANES), sampling: Literal["even", "random"] = "even",
+                 sha256: str | None = None, allow_random: bool = False, network: nn.Module | None = None) -> None:
+        """``network`` reuses an already loaded LPIPS module (e.g. the evaluation's) instead of loading one."""
+        super().__init__()
+        if slices_per_plane < 1:
+            raise ValueError(f"slices_per_plane={slices_per_plane} must be >= 1")
+        if sampling not in ("even", "random"):
+            raise ValueError(f"sampling={sampling!r}: use 'even' or 'random'")
+        self.planes = tuple(planes)
+        for p in self.planes:
+            plane_axis(p)  # validates the name
+        self.slices_per_plane = slices_per_plane
+        self.sampling = sampling
+        if network is None:
+            network, info = load_lpips(weights, sha256=sha256, allow_random=allow_random)
+            self.weights_info = info
+            if info.random:
+                log.warning("perceptual loss uses a RANDOM AlexNet trunk (allow_random smoke mode): its values are "
+                            "not LPIPS; put alexnet-owt-7be5be79.pth in $BSYNTH_WEIGHTS_DIR for real training")
+        else:
+            self.weights_info = None
+        self.network = network.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "SlicePerceptualLoss":
+        """The LPIPS network stays in eval mode (its dropout off) whatever the caller asks."""
+        super().train(mode)
+        self.network.eval()
+        return self
+
+    def _indices(self, length: int, device: torch.device) -> torch.Tensor:
+        if self.sampling == "random" and self.slices_per_plane < length:
+            return torch.randperm(length)[: self.slices_per_plane].sort().values.to(device)
+        return torch.as_tensor(slice_indices(length, self.slices_per_plane), device=device)
+
+    def _plane_slices(self, x: torch.Tensor, axis: int, idx: torch.Tensor) -> torch.Tensor:
+        s = x.index_select(2 + axis, idx).movedim(2 + axis, 2)  # (B, C, k, H, W)
+        return s.reshape(-1, 1, *s.shape[-2:])
+
+    def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar loss for volumes (B, C, X, Y, Z) in [0, 1] (each channel is sliced separately)."""
+        if recon.shape != target.shape or recon.dim() != 5:
+            raise ValueError(f"perceptual loss needs two volumes (B, C, X, Y, Z) of one shape, got "
+                             f"{tuple(recon.shape)} and {tuple(target.shape)}")
+        r, t = recon.float(), target.float()
+        per_plane = []
+        for plane in self.planes:
+            axis = plane_axis(plane)
+            idx = self._indices(r.shape[2 + axis], r.device)
+            a = lpips_input(self._plane_slices(r, axis, idx))
+            b = lpips_input(self._plane_slices(t, axis, idx))
+            per_plane.append(self.network(a, b, normalize=True).mean())
+        return torch.stack(per_plane).mean()

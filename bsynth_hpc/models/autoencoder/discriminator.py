@@ -1,0 +1,104 @@
+"""3D PatchGAN discriminator D_omega of the VAE-GAN training (seed 003 §2.5.1, seed 000 §3.1).
+
+MONAI-PatchDiscriminator-like: a stride-2 conv + LeakyReLU(0.2) without normalisation, then
+``num_layers`` conv + norm + LeakyReLU stages doubling the width (stride 2 except the last,
+stride 1), and a final conv to one logit per patch. The output is a logit map (no sigmoid):
+the adversarial losses in :mod:`bsynth_hpc.losses.adversarial` take logits.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError
+from ..checkpointing import CheckpointedBlock, set_activation_checkpointing
+
+__all__ = ["PatchDiscriminatorConfig", "PatchDiscriminator3d", "patchgan3d"]
+
+NormKind = Literal["instance", "batch", "group", "none"]
+
+
+@dataclass
+class PatchDiscriminatorConfig:
+    """Architecture of :class:`PatchDiscriminator3d`."""
+
+    in_channels: int = 1
+    channels: int = 64
+    """Width of the first stage; stage i has channels * 2^i (capped at ``max_channels``)."""
+    num_layers: int = 3
+    """Normalised stages after the first conv (MONAI's num_layers_d)."""
+    kernel_size: int = 4
+    norm: NormKind = "instance"
+    """instance (default: batch sizes of 1-2 make batch statistics unreliable), batch, group (32 groups
+    or fewer) or none."""
+    max_channels: int = 512
+    negative_slope: float = 0.2
+    checkpointing: bool = False
+
+    def validate(self, where: str = "discriminator") -> None:
+        if self.in_channels < 1 or self.channels < 1 or self.num_layers < 1 or self.kernel_size < 1:
+            raise ConfigError(f"{where}: in_channels, channels, num_layers and kernel_size must be >= 1")
+        if self.norm not in ("instance", "batch", "group", "none"):
+            raise ConfigError(f"{where}: norm={self.norm!r}, use instance, batch, group or none")
+        if self.max_channels < self.channels:
+            raise ConfigError(f"{where}: max_channels={self.max_channels} is below channels={self.channels}")
+
+
+def _norm(kind: NormKind, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    if kind == "group":
+        groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    return nn.Identity()
+
+
+class _Stage(CheckpointedBlock):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, norm: NormKind, slope: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=1, bias=norm == "none")
+        self.norm = _norm(norm, out_ch)
+        self.act = nn.LeakyReLU(slope)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class PatchDiscriminator3d(nn.Module):
+    """(B, C, X, Y, Z) -> logit map (B, 1, x, y, z), one logit per receptive-field patch."""
+
+    def __init__(self, config: PatchDiscriminatorConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        cfg = dataclasses.replace(config or PatchDiscriminatorConfig(), **overrides)
+        cfg.validate()
+        self.config = cfg
+        k, slope = cfg.kernel_size, cfg.negative_slope
+        self.stem = nn.Sequential(nn.Conv3d(cfg.in_channels, cfg.channels, k, stride=2, padding=1), nn.LeakyReLU(slope))
+        stages, width = [], cfg.channels
+        for i in range(cfg.num_layers):
+            out = min(width * 2, cfg.max_channels)
+            stages.append(_Stage(width, out, k, 1 if i == cfg.num_layers - 1 else 2, cfg.norm, slope))
+            width = out
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Conv3d(width, 1, k, stride=1, padding=1)
+        set_activation_checkpointing(self, cfg.checkpointing)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        set_activation_checkpointing(self, enabled)
+
+    def factory_kwargs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+def patchgan3d(**overrides: Any) -> PatchDiscriminator3d:
+    """Registry factory for the 3D PatchGAN."""
+    return PatchDiscriminator3d(PatchDiscriminatorConfig(**overrides))
