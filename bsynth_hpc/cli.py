@@ -49,6 +49,29 @@ def cmd_prep(args: argparse.Namespace) -> int:
     return int(result.exit_code)
 
 
+SAMPLERS: dict[str, str] = {
+    "wfdm": "bsynth_hpc.recipes.wfdm.sampling",
+    "dit3d": "bsynth_hpc.recipes.dit3d.sampling",
+}
+"""`bsynth sample RECIPE`: each module exposes `sample_from_args(args) -> int`."""
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .recipes.encode import encode_from_args
+
+    return int(encode_from_args(args) or 0)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import importlib
+
+    try:
+        module = importlib.import_module(SAMPLERS[args.recipe])
+    except ModuleNotFoundError as exc:
+        raise NotYetAvailableError(f"the {args.recipe} sampler is not installed ({exc})") from exc
+    return int(module.sample_from_args(args) or 0)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .data.summary import format_store_summary
 
@@ -61,36 +84,105 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks.kernels.run_all import main as bench_main
     elif args.what == "data":
         from benchmarks.data_throughput import main as bench_main
+    elif args.what == "training":
+        from benchmarks.training_throughput import main as bench_main
     else:
         raise NotYetAvailableError(
             f"`bsynth bench {args.what}` arrives with the {_LATER[args.what]} issue; "
-            "available now: `bsynth bench kernels`, `bsynth bench data`"
+            "available now: `bsynth bench kernels`, `bsynth bench data`, `bsynth bench training`"
         )
     return int(bench_main(args.rest) or 0)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.run import train_main
+
+    return train_main(args.rest)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded demo cohort: build the cohort, preprocess it into a Zarr
-    store, and print a summary. (Training and sampling join this as their issues land.)"""
+    """The main job on the embedded demo cohort, end to end on CPU: build the cohort, preprocess it
+    into a Zarr store, train the tiny WF-VAE (wfdm-vae), encode the store into a latent cache,
+    train the tiny latent diffusion model (wfdm-ldm), sample all four modalities with metadata,
+    and evaluate (``eval synth`` + ``eval recon``, random-feature smoke mode) into OUT/eval/."""
     from data_prep.demo_cohort import build_demo_cohort
     from data_prep.pipeline import PrepSource, run_prep
 
     from .data.summary import format_store_summary
+    from .engine.run import train_main
+    from .eval.cli import main as eval_main
+    from .recipes.encode import encode_store
+    from .recipes.wfdm.sampling import sample_wfdm
 
     out = Path(args.out)
     t0 = time.perf_counter()
-    print(f"[1/2] building the demo cohort ({args.subjects} subjects, {args.spacing:g} mm) in {out / 'cohort'}")
+    times: dict[str, float] = {}
+    repo = Path(__file__).resolve().parents[1]
+
+    def step(n: int, text: str) -> float:
+        print(f"\n[{n}/7] {text}", flush=True)
+        return time.perf_counter()
+
+    t = step(1, f"building the demo cohort ({args.subjects} subjects, {args.spacing:g} mm) in {out / 'cohort'}")
     manifest = build_demo_cohort(out / "cohort", n_subjects=args.subjects, spacing_mm=args.spacing, seed=args.seed,
                                  workers=args.workers)
+    times["cohort"] = time.perf_counter() - t
     shape = _demo_shape(args.spacing)
     store = out / "store.zarr"
-    print(f"[2/2] preprocessing into {store} (shape {shape}, {args.spacing:g} mm, {args.workers} Dask workers)")
+    t = step(2, f"preprocessing into {store} (shape {shape}, {args.spacing:g} mm, {args.workers} Dask workers)")
     result = run_prep(PrepSource.manifest(manifest), store, shape=shape, spacing=(args.spacing,) * 3,
                       workers=args.workers, seed=args.seed, progress=True)
     print()
     print(format_store_summary(store))
-    print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s (exit status {result.exit_code})")
-    return int(result.exit_code)
+    times["prep"] = time.perf_counter() - t
+    if result.exit_code:
+        print(f"\ndemo stopped: preprocessing failed (exit status {result.exit_code})")
+        return int(result.exit_code)
+
+    runs = out / "runs"
+    common = ["--store", str(store), "--resume", "auto"]
+    t = step(3, "stage A: training the tiny WF-VAE (wfdm-vae, configs/wfdm-vae_tiny.yaml)")
+    code = train_main(["wfdm-vae", "--config", str(repo / "configs" / "wfdm-vae_tiny.yaml"),
+                       "--run-dir", str(runs / "wfdm-vae"), *common])
+    times["wfdm-vae"] = time.perf_counter() - t
+    if code:
+        return code
+    latents = out / "latents.zarr"
+    t = step(4, f"encoding the store into {latents} (posterior means, scaled by s_z)")
+    encode_store(runs / "wfdm-vae", store, latents, batch_size=4)
+    times["encode"] = time.perf_counter() - t
+    t = step(5, "stage B: training the tiny latent diffusion U-Net (wfdm-ldm, configs/wfdm-ldm_tiny.yaml)")
+    code = train_main(["wfdm-ldm", "--config", str(repo / "configs" / "wfdm-ldm_tiny.yaml"),
+                       "--run-dir", str(runs / "wfdm-ldm"), *common, f"recipe.latents={latents}"])
+    times["wfdm-ldm"] = time.perf_counter() - t
+    if code:
+        return code
+    samples = out / "samples"
+    t = step(6, f"sampling T1w, T2w, T1Gd and FLAIR (age=60, sex=F, CFG 2) into {samples}")
+    sample_wfdm(runs / "wfdm-ldm", samples, n=2, modality="all", meta="age=60,sex=F", cfg=2.0, batch_size=4,
+                seed=args.seed)
+    times["sample"] = time.perf_counter() - t
+    t = step(7, f"evaluating into {out / 'eval'} (random features: smoke mode, not comparable to published numbers)")
+    codes = [
+        eval_main(["synth", "--real", str(store), "--real-split", "all", "--fake", str(samples),
+                   "--out", str(out / "eval" / "synth"), "--allow-random-features", "--pairs", "20",
+                   "--depth", "10", "--max-volumes", "24", "--device", "cpu"]),
+        eval_main(["recon", "--run", str(runs / "wfdm-vae"), "--store", str(store), "--split", "test",
+                   "--out", str(out / "eval" / "recon"), "--allow-random-features", "--per-plane", "4",
+                   "--device", "cpu"]),
+    ]
+    times["eval"] = time.perf_counter() - t
+    total = time.perf_counter() - t0
+    print("\n" + "=" * 72)
+    print(f"demo finished in {total:.1f} s  (" + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + ")")
+    print(f"  store         {store}")
+    print(f"  WF-VAE run    {runs / 'wfdm-vae'}   (export/vae.safetensors + .json with s_z)")
+    print(f"  latents       {latents}")
+    print(f"  LDM run       {runs / 'wfdm-ldm'}   (export/unet.safetensors + .json)")
+    print(f"  samples       {samples}   (NIfTI + previews/*.png + samples.csv)")
+    print(f"  evaluation    {out / 'eval'}   (synth/ and recon/: metrics.json, metrics.md, figures)")
+    print("=" * 72)
+    return max(codes) if any(codes) else 0
 
 
 def _demo_shape(spacing_mm: float) -> tuple[int, int, int]:
@@ -132,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job end to end on the embedded demo cohort")
     p.add_argument("--out", default=str(DEMO_DIR), help="working folder (default ./demo_run)")
     p.add_argument("--subjects", type=int, default=16)
-    p.add_argument("--spacing", type=float, default=2.0, help="demo grid spacing in mm (2 = quick on a laptop)")
+    p.add_argument("--spacing", type=float, default=4.0, help="demo grid spacing in mm (4 = the whole pipeline in minutes on 2 CPU cores)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
@@ -184,11 +276,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see its --help)")
     p.set_defaults(func=cmd_bench)
 
-    for name, helptext in (("train", "train a recipe stage"), ("encode", "encode a store into a latent cache"),
-                           ("sample", "sample volumes from a trained recipe"), ("eval", "evaluation metrics")):
-        p = sub.add_parser(name, help=f"{helptext} (arrives with a later issue)")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_not_yet(name))
+    # Everything after `train` goes to the engine's own parser (bsynth_hpc.engine.run), options included:
+    # a prefix character no argument starts with makes argparse treat them all as the REMAINDER.
+    p = sub.add_parser("train", help="train a recipe stage (single process, DDP or DeepSpeed; see `bsynth train -h`)",
+                       add_help=False, prefix_chars="\x01")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="STAGE --config YAML --store STORE --run-dir RUN ...")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("encode", help="encode a store into a latent cache with a trained compressor")
+    p.add_argument("--run", required=True, help="the compressor's run directory (RUN/export/<name>.safetensors)")
+    p.add_argument("--store", required=True, help="volume store to encode")
+    p.add_argument("--out", required=True, help="latent cache to write, e.g. latents.zarr (resumable)")
+    p.add_argument("--name", default=None, help="export name in RUN/export (default: the only one, or 'vae')")
+    p.add_argument("--split", default=None, choices=["train", "val", "test"], help="encode one split (default all)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("sample", help="sample volumes from a trained recipe (NIfTI + PNG previews)")
+    p.add_argument("recipe", choices=sorted(SAMPLERS), help="which recipe's sampler")
+    p.add_argument("--run", required=True, help="the denoiser's run directory")
+    p.add_argument("--out", required=True, help="output folder for NIfTI volumes and previews")
+    p.add_argument("--n", type=int, default=4, help="volumes per condition")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's config)")
+    p.add_argument("--solver", choices=["euler", "ddpm", "ddim"], default=None, help="default: the run's config")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--modality", default=None, help="target modality (wfdm): T1w, T2w, T1Gd or FLAIR")
+    p.add_argument("--meta", default=None, help="metadata for wfdm, e.g. age=56,sex=M,stroke=yes")
+    p.add_argument("--class", dest="class_label", default=None, help="class label (dit3d), e.g. TLE")
+    p.add_argument("--conditions", default=None, help="CSV of conditions, one row per sample (a synthetic cohort)")
+    p.add_argument("--compressor-run", default=None, help="stage-A run (default: the one recorded in --run)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_sample)
+
+    from .eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -1,0 +1,139 @@
+"""Writing generated volumes: NIfTI with the store's RAS affine + tri-planar PNG previews + a CSV.
+
+Shared by every 3D sampler (``bsynth sample wfdm``, ``bsynth sample dit3d``)::
+
+    paths = write_samples(volumes, affine, out_dir, names)          # out_dir/<name>.nii.gz + previews/<name>.png
+    write_samples_csv(out_dir, rows)                                # out_dir/samples.csv (bsynth eval synth reads it)
+
+``volumes`` is (N, X, Y, Z) or (N, 1, X, Y, Z), array or tensor, in the preprocessed [0, 1] space
+(values are clipped to it); the voxel order is the store's (RAS after preprocessing), so the
+store's affine places the sample exactly where a real volume of that store lies.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["write_samples", "write_nifti", "write_preview", "triplanar", "write_samples_csv", "store_affine"]
+
+SAMPLES_CSV = "samples.csv"
+
+
+def _as_numpy(volume: Any) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(volume, torch.Tensor):
+            volume = volume.detach().float().cpu().numpy()
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    arr = np.asarray(volume, dtype=np.float32)
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise ValueError(f"a sample volume must be (X, Y, Z) (or with a leading channel of 1), got {arr.shape}")
+    return arr
+
+
+def store_affine(store: str | os.PathLike[str]) -> np.ndarray:
+    """The RAS affine of a preprocessed store (every volume of a store shares the output grid)."""
+    from ...data.store import VolumeStore
+
+    s = VolumeStore(store)
+    for vid in s.volume_ids():
+        affine = s.record(vid).get("affine")
+        if affine is not None:
+            return np.asarray(affine, dtype=np.float64).reshape(4, 4)
+    spacing = s.info.get("spacing") or (1.0, 1.0, 1.0)
+    return np.diag([*map(float, spacing), 1.0])
+
+
+def write_nifti(volume: Any, affine: Any, path: str | os.PathLike[str]) -> Path:
+    """One float32 NIfTI (clipped to [0, 1]) with ``affine``, written atomically."""
+    import nibabel as nib
+
+    arr = np.clip(_as_numpy(volume), 0.0, 1.0)
+    aff = np.asarray(affine, dtype=np.float64).reshape(4, 4)
+    img = nib.Nifti1Image(arr, aff)
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    img.header.set_xyzt_units("mm")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{''.join(path.suffixes)}")
+    nib.save(img, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def triplanar(volume: Any) -> np.ndarray:
+    """Mid sagittal | coronal | axial slices side by side (uint8, radiological display: superior up)."""
+    arr = np.clip(_as_numpy(volume), 0.0, 1.0)
+    X, Y, Z = arr.shape
+    views = [arr[X // 2, :, :], arr[:, Y // 2, :], arr[:, :, Z // 2]]  # (Y,Z) (X,Z) (X,Y)
+    panels = [np.flipud(v.T) for v in views]  # rows: superior (or anterior) at the top
+    h = max(p.shape[0] for p in panels)
+    padded = [np.pad(p, ((0, h - p.shape[0]), (0, 2))) for p in panels]
+    return (np.concatenate(padded, axis=1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_preview(volume: Any, path: str | os.PathLike[str], scale: int = 2) -> Path:
+    """A tri-planar PNG preview of one volume."""
+    from PIL import Image
+
+    img = Image.fromarray(triplanar(volume), mode="L")
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def write_samples(volumes: Any, affine: Any, out_dir: str | os.PathLike[str], names: Sequence[str],
+                  previews: bool = True) -> list[Path]:
+    """Write out_dir/<name>.nii.gz (+ out_dir/previews/<name>.png) for each volume; returns the NIfTI paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vols = list(volumes) if not isinstance(volumes, np.ndarray) else [volumes[i] for i in range(volumes.shape[0])]
+    if len(vols) != len(names):
+        raise ValueError(f"write_samples: {len(vols)} volumes but {len(names)} names")
+    paths = []
+    for vol, name in zip(vols, names):
+        arr = _as_numpy(vol)
+        paths.append(write_nifti(arr, affine, out / f"{name}.nii.gz"))
+        if previews:
+            write_preview(arr, out / "previews" / f"{name}.png")
+    return paths
+
+
+def write_samples_csv(out_dir: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]],
+                      name: str = SAMPLES_CSV) -> Path:
+    """out_dir/samples.csv with a ``path`` column (relative to out_dir) + modality/label/... columns.
+
+    Rows already in an existing file (other paths) are kept, so several sampling calls into one folder
+    build one cohort table; a row for the same path is replaced."""
+    out = Path(out_dir)
+    path = out / name
+    existing: list[dict[str, Any]] = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            existing = list(csv.DictReader(fh))
+    new_paths = {str(r["path"]) for r in rows}
+    merged = [r for r in existing if r.get("path") not in new_paths] + [dict(r) for r in rows]
+    fields: list[str] = []
+    for r in merged:
+        for k in r:
+            if k not in fields:
+                fields.append(k)
+    tmp = path.with_name(f".{name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(merged)
+    os.replace(tmp, path)
+    return path

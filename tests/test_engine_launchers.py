@@ -1,0 +1,148 @@
+"""Launch scripts: SLURM batch scripts (with fake srun/scontrol), the single-GPU wrapper, train_*.py."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine_support import REPO, explain, run, subprocess_env
+
+LAUNCHERS = REPO / "launchers"
+SLURM_SCRIPTS = ("wfdm.slurm", "dit3d.slurm")
+
+FAKE_SRUN = r"""#!/usr/bin/env bash
+# Records its command line and rendezvous variables, writes status.json like the engine, exits FAKE_RC.
+printf '%s\n' "$@" > "$FAKE_LOG/srun_args"
+echo "MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT" > "$FAKE_LOG/srun_env"
+run_dir=""; prev=""
+for a in "$@"; do [ "$prev" = "--run-dir" ] && run_dir=$a; prev=$a; done
+mkdir -p "$run_dir"
+if [ "${FAKE_MODE:-}" = "wait_signal" ]; then
+    trap 'echo USR1 >> "$FAKE_LOG/signals"; echo "{\"state\": \"preempted\"}" > "$run_dir/status.json"; exit 75' USR1
+    touch "$FAKE_LOG/started"
+    for _ in $(seq 600); do sleep 0.1; done
+    exit 9
+fi
+echo "{\"state\": \"${FAKE_STATE:-finished}\"}" > "$run_dir/status.json"
+exit "${FAKE_RC:-0}"
+"""
+
+FAKE_SCONTROL = r"""#!/usr/bin/env bash
+if [ "$1 $2" = "show hostnames" ]; then printf 'node01\nnode02\n'; exit 0; fi
+echo "$*" >> "$FAKE_LOG/scontrol"
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    for name, body in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update({"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "FAKE_LOG": str(log), "SLURM_JOB_ID": "4242",
+                "SLURM_JOB_NODELIST": "node[01-02]", "SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_NUM_NODES": "2",
+                "RUN_DIR": str(tmp_path / "run")})
+    return env, log
+
+
+@pytest.mark.parametrize("script", SLURM_SCRIPTS + ("slurm_train.sh", "single_gpu.sh"))
+def test_scripts_pass_bash_syntax_check(script):
+    proc = subprocess.run(["bash", "-n", str(LAUNCHERS / script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("script", SLURM_SCRIPTS)
+def test_slurm_directives(script):
+    text = (LAUNCHERS / script).read_text()
+    directives = re.findall(r"^#SBATCH (\S+)", text, flags=re.M)
+    first_command = next(i for i, line in enumerate(text.splitlines()) if line and not line.startswith("#"))
+    assert all(i < first_command for i, line in enumerate(text.splitlines()) if line.startswith("#SBATCH"))
+    assert "--requeue" in directives and "--gpus-per-task=1" in directives
+    assert any(re.fullmatch(r"--signal=B:USR1@\d+", d) for d in directives)
+    assert any(d.startswith("--nodes=") for d in directives) and any(d.startswith("--ntasks-per-node=") for d in
+                                                                       directives)
+
+
+@pytest.mark.parametrize("script, launcher, stage", [("wfdm.slurm", "train_wfdm.py", "wfdm-ldm"),
+                                                     ("dit3d.slurm", "train_dit3d.py", "dit3d")])
+def test_slurm_script_builds_the_srun_command(fake_slurm, script, launcher, stage):
+    env, log = fake_slurm
+    proc = subprocess.run(["bash", str(LAUNCHERS / script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    args = (log / "srun_args").read_text().split("\n")
+    assert args[:3] == ["--kill-on-bad-exit=1", "python", f"launchers/{launcher}"]
+    assert args[3] == stage and "--resume" in args and args[args.index("--resume") + 1] == "auto"
+    assert args[args.index("--config") + 1] == f"configs/{stage}.yaml"
+    assert (log / "srun_env").read_text().strip() == f"MASTER_ADDR=node01 MASTER_PORT={20000 + 4242}"
+    assert not (log / "scontrol").exists()  # finished: no requeue
+
+
+@pytest.mark.parametrize("rc, state, restarts, requeued, exit_code", [
+    (75, "preempted", 0, True, 0),     # checkpoint written after a signal: requeue
+    (4, "peer_lost", 2, True, 0),      # a rank died: retry from the checkpoint
+    (4, "peer_lost", 10, False, 4),    # ... but not forever (MAX_RESTARTS=10)
+    (5, "hang", 0, True, 0),           # watchdog
+    (1, "failed", 0, False, 1),        # a real failure is not retried
+    (2, "failed", 0, False, 2),        # nor a config error
+])
+def test_slurm_requeue_logic(fake_slurm, rc, state, restarts, requeued, exit_code):
+    env, log = fake_slurm
+    env.update(FAKE_RC=str(rc), FAKE_STATE=state, SLURM_RESTART_COUNT=str(restarts))
+    proc = subprocess.run(["bash", str(LAUNCHERS / "wfdm.slurm")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == exit_code, proc.stdout + proc.stderr
+    calls = (log / "scontrol").read_text().splitlines() if (log / "scontrol").exists() else []
+    assert calls == (["requeue 4242"] if requeued else [])
+
+
+def test_slurm_script_forwards_usr1_and_requeues(fake_slurm):
+    env, log = fake_slurm
+    env["FAKE_MODE"] = "wait_signal"
+    proc = subprocess.Popen(["bash", str(LAUNCHERS / "dit3d.slurm")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not (log / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (log / "started").exists(), "fake srun did not start"
+    proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 does before the time limit
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert (log / "signals").read_text().split() == ["USR1"]
+    assert (log / "scontrol").read_text().splitlines() == ["requeue 4242"]
+    assert "SIGUSR1 received" in out and "requeue: preempted" in out
+
+
+def test_single_gpu_script_adds_planner_and_resume(tmp_path):
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$FAKE_LOG/args"\nexit 75\n')
+    fake_python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake_python), "FAKE_LOG": str(tmp_path)}
+    cmd = ["bash", str(LAUNCHERS / "single_gpu.sh"), "smoke-denoiser", "--config", "c.yaml", "--run-dir", "r"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 75 and "run the same command again" in proc.stdout
+    args = (tmp_path / "args").read_text().split("\n")
+    assert args[:3] == ["-m", "bsynth_hpc.engine.run", "smoke-denoiser"]
+    assert args[args.index("--gpu-mem-gb") + 1] == "auto" and args[args.index("--resume") + 1] == "auto"
+    subprocess.run(cmd + ["--gpu-mem-gb", "8"], env=env, capture_output=True, text=True)
+    args = (tmp_path / "args").read_text().split("\n")
+    assert args.count("--gpu-mem-gb") == 1 and args[args.index("--gpu-mem-gb") + 1] == "8"
+
+
+def test_train_launchers_default_stage_and_help(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("engine: {max_steps: 1}\n")
+    proc = run([sys.executable, str(LAUNCHERS / "train_wfdm.py"), "no-such-stage", "--config", str(config),
+                "--run-dir", str(tmp_path / "r")], env=subprocess_env())
+    assert proc.returncode == 2, explain(proc)
+    assert "unknown stage 'no-such-stage'" in proc.stderr and "smoke-denoiser, smoke-vaegan" in proc.stderr
+    for script, default in (("train_dit3d.py", "dit3d"), ("train_wfdm.py", "wfdm-ldm")):
+        proc = run([sys.executable, str(LAUNCHERS / script), "--help"], env=subprocess_env(), cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {script}")
+        assert f"else {default})" in " ".join(proc.stdout.split())

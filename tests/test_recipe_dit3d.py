@@ -1,0 +1,176 @@
+"""DiT-3D recipe (seed 000) end to end on a tiny labelled store (healthy / TLE):
+
+dit3d-vae with the two-phase schedule -> export -> encode_store -> dit3d -> class-conditional
+sampling -> NIfTI with the store's affine; plus one 2-rank ZeRO-2 dit3d run under the deepspeed
+launcher (gloo, CPU).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bsynth_hpc.data.finalize import finalize_store
+from bsynth_hpc.data.store import StoreLayout, VolumeStore
+from bsynth_hpc.engine.run import train_main
+from engine_support import REPO, VENV_BIN, explain, free_port, metrics, run, volume
+
+SHAPE = (16, 16, 16)
+AFFINE = np.array([[2.0, 0, 0, -16], [0, 2.0, 0, -18], [0, 0, 2.0, -10], [0, 0, 0, 1]])
+VAE = {"phase1_steps": 3, "disc_steps": 2, "vae_min_steps": 1, "vae_max_steps": 4, "adv_threshold": 0.3,
+       "adv_ema": 0.5, "rounds": 2, "slices_per_plane": 1}
+VAE_STEPS = 16
+
+
+def make_labelled_store(path: Path, n: int = 12) -> Path:
+    store = VolumeStore.create_or_open(path, StoreLayout(kind="volume3d", shape=SHAPE, spacing=(2.0, 2.0, 2.0)))
+    for k in range(n):
+        s = f"sub-{k:02d}"
+        rec = {"subject": s, "session": None, "dataset": "smoke", "modality": "T1w", "modality_id": 0,
+               "source_path": f"/synthetic/{s}.nii.gz", "source_sha256": "0" * 64,
+               "label": "TLE" if k % 2 else "healthy", "affine": AFFINE.tolist(), "shape": list(SHAPE)}
+        store.write_volume(f"smoke_{s}_T1w", volume(k, SHAPE), rec)
+    finalize_store(store, fractions=(0.75, 0.25, 0.0), seed=0, stratify="dataset")
+    return path
+
+
+def tiny_config(src: str, dst: Path, recipe: dict | None = None, engine: dict | None = None) -> Path:
+    cfg = yaml.safe_load((REPO / "configs" / src).read_text())
+    cfg["engine"].update({"val_every": 0, "ckpt_every": 0, "log_every": 1, **(engine or {})})
+    cfg["recipe"].update(recipe or {})
+    dst.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    os.environ["BSYNTH_DISABLE_TRITON"] = "1"
+    os.environ.pop("BSYNTH_FAULTS", None)
+    root = tmp_path_factory.mktemp("dit3d")
+    store = make_labelled_store(root / "store.zarr")
+    vae_cfg = tiny_config("dit3d-vae_tiny.yaml", root / "vae.yaml", VAE, {"max_steps": VAE_STEPS})
+    assert train_main(["dit3d-vae", "--config", str(vae_cfg), "--store", str(store), "--run-dir",
+                       str(root / "vae")]) == 0
+    from bsynth_hpc.recipes.encode import encode_store
+
+    latents = encode_store(root / "vae", store, root / "latents.zarr")
+    dit_cfg = tiny_config("dit3d_tiny.yaml", root / "dit.yaml", {"latents": str(latents)},
+                          {"max_steps": 4, "val_every": 4})
+    assert train_main(["dit3d", "--config", str(dit_cfg), "--store", str(store), "--run-dir",
+                       str(root / "dit")]) == 0
+    return root, store, latents, dit_cfg
+
+
+def _segments(records):
+    """[(mode, [records])] in step order: mode 'vae' (no adversarial term), 'disc', 'vae_adv'."""
+    segs: list[tuple[str, list]] = []
+    for r in records:
+        mode = "disc" if "loss/disc" in r else ("vae_adv" if "loss/vae/adv_g" in r else "vae")
+        if mode == "vae_adv" and r["loss/vae/gan_round"] >= VAE["rounds"]:
+            mode = "final"  # after the last round: VAE with the adversarial term, D frozen
+        assert not ("loss/disc" in r and "loss/vae" in r), f"step {r['step']}: VAE and D updated together"
+        if segs and segs[-1][0] == mode:
+            segs[-1][1].append(r)
+        else:
+            segs.append((mode, [r]))
+    return segs
+
+
+def test_vae_two_phase_schedule(pipeline):
+    root = pipeline[0]
+    records = [r for r in metrics(root / "vae") if "step" in r and ("loss/vae" in r or "loss/disc" in r)]
+    assert len(records) == VAE_STEPS
+    segs = _segments(records)
+    # phase 1: VAE only, no discriminator update, no adversarial term
+    assert segs[0][0] == "vae" and len(segs[0][1]) == VAE["phase1_steps"]
+    # phase 2 alternates D and VAE(+adv): disc, vae_adv, disc, vae_adv, then the final VAE(+adv)
+    modes = [m for m, _ in segs[1:]]
+    assert modes[:4] == ["disc", "vae_adv", "disc", "vae_adv"], modes
+    assert all(len(recs) == VAE["disc_steps"] for m, recs in segs[1:] if m == "disc")
+    # each VAE round stops once the running (EMA) adversarial loss is below the threshold, or at the cap
+    vae_rounds = [recs for m, recs in segs[1:5] if m == "vae_adv"]
+    for recs in vae_rounds:
+        ema, crossed_at = None, None
+        for i, r in enumerate(recs):
+            v = r["loss/vae/adv_g"]
+            ema = v if ema is None else VAE["adv_ema"] * ema + (1 - VAE["adv_ema"]) * v
+            if i + 1 >= VAE["vae_min_steps"] and ema < VAE["adv_threshold"]:
+                crossed_at = i + 1
+                break
+        expected = crossed_at if crossed_at is not None else VAE["vae_max_steps"]
+        assert len(recs) == expected, (len(recs), expected, [r["loss/vae/adv_g"] for r in recs])
+    # the round counter advanced; after the last round no discriminator update happens any more
+    assert records[-1]["loss/vae/gan_round"] == VAE["rounds"]
+    assert segs[-1][0] == "final" and all("loss/disc" not in r for r in segs[-1][1])
+    side = json.loads((root / "vae" / "export" / "vae.json").read_text())
+    assert side["latent_scale"] and side["latent_scale"] > 0
+    assert side["factory"].endswith("Autoencoder3d") and side["factory_kwargs"]["latent_channels"] == 4
+
+
+def test_dit3d_trains_exports_and_samples_per_class(pipeline, tmp_path):
+    root, store, latents, _ = pipeline
+    side = json.loads((root / "dit" / "export" / "dit.json").read_text())
+    recipe = side["config"]["recipe"]
+    assert recipe["classes"] == ["healthy", "TLE"]
+    assert recipe["compressor_run"] == str((root / "vae").resolve())
+    assert recipe["diffusion"]["beta_schedule"] == "linear" and recipe["diffusion"]["num_train_timesteps"] == 1000
+    assert side["factory_kwargs"]["input_size"] == [4, 4, 4] and side["factory_kwargs"]["num_classes"] == 2
+    losses = [r["loss/dit"] for r in metrics(root / "dit") if "loss/dit" in r]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+
+    import nibabel as nib
+
+    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+
+    out = tmp_path / "synth"
+    base = dict(run=str(root / "dit"), out=str(out), n=2, steps=5, modality=None, meta=None, conditions=None,
+                compressor_run=None, batch_size=2, seed=0, device="cpu")
+    assert sample_from_args(Namespace(**base, class_label="TLE", cfg=3.0, solver="ddim")) == 0
+    assert sample_from_args(Namespace(**{**base, "n": 1}, class_label=None, cfg=1.0, solver="ddpm")) == 0
+    with open(out / "samples.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["label"] for r in rows] == ["TLE", "TLE", "healthy", "TLE"]
+    assert {r["modality"] for r in rows} == {"T1w"}
+    for r in rows:
+        img = nib.load(out / r["path"])
+        assert img.shape == SHAPE and np.allclose(img.affine, AFFINE)
+        data = np.asarray(img.dataobj)
+        assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
+        assert (out / "previews" / r["path"].replace(".nii.gz", ".png")).is_file()
+
+
+def test_dit3d_rejects_unknown_class(pipeline, tmp_path):
+    from bsynth_hpc.errors import ConfigError
+    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+
+    root = pipeline[0]
+    args = Namespace(run=str(root / "dit"), out=str(tmp_path / "x"), n=1, steps=2, modality=None, meta=None,
+                     conditions=None, compressor_run=None, batch_size=1, seed=0, device="cpu",
+                     class_label="glioma", cfg=1.0, solver="ddim")
+    with pytest.raises(ConfigError, match="healthy or TLE"):
+        sample_from_args(args)
+
+
+@pytest.mark.distributed
+def test_dit3d_zero2_two_ranks_under_the_deepspeed_launcher(pipeline, tmp_path):
+    root, store, latents, dit_cfg = pipeline
+    run_dir = tmp_path / "zero2"
+    from engine_support import subprocess_env
+
+    proc = run([str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+                str(REPO / "launchers" / "train_dit3d.py"), "--config", str(dit_cfg), "--store", str(store),
+                "--run-dir", str(run_dir), "engine.backend=deepspeed", "engine.zero_stage=2", "engine.micro_batch=1",
+                "engine.max_steps=1", "engine.val_every=0"], env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, explain(proc)
+    text = proc.stdout + proc.stderr
+    assert "stage dit3d" in text and "backend deepspeed" in text and "2 rank(s)" in text
+    rec = [r for r in metrics(run_dir) if "loss/dit" in r]
+    assert len(rec) == 1 and math.isfinite(rec[0]["loss/dit"])
+    assert (run_dir / "export" / "dit.safetensors").is_file()
