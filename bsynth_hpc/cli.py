@@ -311,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_sample)
 
+    from .study.augment import add_study_parser
+
+    add_study_parser(sub)
+
     from .eval.cli import add_eval_parser
 
     add_eval_parser(sub)

@@ -1,0 +1,340 @@
+"""Synthetic-augmentation classifier study (seed 000 §5.3).
+
+A 2D CNN (EfficientNet-V2-S whose first convolution takes ``n_slices`` coronal slices around the
+volume centre as channels; one sigmoid output, BCE loss) is trained under four conditions:
+
+* ``real``: the store's train split, volumes labelled with one of ``classes``;
+* ``synthetic``: every synthetic volume of those classes listed in ``<synthetic>/samples.csv``;
+* ``real+synthetic 1:r`` for each r in ``ratios``: the real set plus ``round(r * n_real)``
+  synthetic volumes drawn (without replacement, with ``seed``) from the synthetic pool.
+
+Every condition is evaluated on the store's test split (the same subject-aware split as the
+generators); when the test split is tiny (fewer than 4 volumes or a class missing) val + test is
+used instead and ``metrics.json`` says so. Metrics: F1, precision, recall, accuracy (threshold 0.5),
+AUC-ROC (Mann-Whitney rank formula, ties averaged) and AUCPR (average precision, as sklearn's
+``average_precision_score``). ``classes[1]`` is the positive class.
+
+Outputs: ``<out>/metrics.json`` and ``<out>/metrics.md``.
+
+    bsynth study augment --store STORE --synthetic SYNTH_DIR --out study/ [--epochs 30 --n-slices 16]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError, InputError
+
+METRICS = ("f1", "precision", "recall", "accuracy", "auc_roc", "aucpr")
+CORONAL_AXIS = 1  # the store is RAS: (X = left-right, Y = posterior-anterior, Z = inferior-superior)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def _rankdata(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties given their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    sx = x[order]
+    ranks = np.empty(len(x), dtype=np.float64)
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sx[j + 1] == sx[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def roc_auc(y_true: Sequence[int], scores: Sequence[float]) -> float:
+    """AUC-ROC = Mann-Whitney U / (n_pos * n_neg); NaN when only one class is present."""
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _rankdata(s)
+    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def average_precision(y_true: Sequence[int], scores: Sequence[float]) -> float:
+    """AUCPR as average precision: sum over distinct thresholds of (R_k - R_{k-1}) * P_k."""
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos = int((y == 1).sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    ys, ss = y[order], s[order]
+    tp = np.cumsum(ys == 1)
+    fp = np.cumsum(ys == 0)
+    last = np.r_[np.nonzero(np.diff(ss))[0], len(ss) - 1]  # last index of each distinct score
+    precision = tp[last] / (tp[last] + fp[last])
+    recall = tp[last] / n_pos
+    prev = np.r_[0.0, recall[:-1]]
+    return float(np.sum((recall - prev) * precision))
+
+
+def binary_metrics(y_true: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> dict[str, float]:
+    """F1, precision, recall, accuracy at ``threshold`` (0 where undefined), AUC-ROC and AUCPR."""
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape or y.size == 0:
+        raise ValueError(f"binary_metrics: {y.size} labels vs {s.size} scores")
+    pred = (s >= threshold).astype(np.int64)
+    tp = int(((pred == 1) & (y == 1)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"f1": float(f1), "precision": float(precision), "recall": float(recall),
+            "accuracy": float((pred == y).mean()), "auc_roc": roc_auc(y, s), "aucpr": average_precision(y, s)}
+
+
+# ---------------------------------------------------------------------------------------------- data
+def coronal_stack(volume: np.ndarray, n_slices: int) -> np.ndarray:
+    """(X, Y, Z) volume -> (n_slices, X, Z): n coronal slices around the centre, as channels."""
+    vol = np.asarray(volume, dtype=np.float32)
+    if vol.ndim == 4 and vol.shape[0] == 1:
+        vol = vol[0]
+    if vol.ndim != 3:
+        raise InputError(f"expected a 3D volume, got shape {vol.shape}")
+    depth = vol.shape[CORONAL_AXIS]
+    start = depth // 2 - n_slices // 2
+    idx = np.clip(np.arange(start, start + n_slices), 0, depth - 1)  # repeats edge slices if n > depth
+    return np.ascontiguousarray(np.moveaxis(vol.take(idx, axis=CORONAL_AXIS), CORONAL_AXIS, 0))
+
+
+def _fit_shape(vol: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resample (trilinear) a synthetic volume to the store's shape when it differs."""
+    if tuple(vol.shape) == tuple(shape):
+        return vol.astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(vol, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(t, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
+
+
+def _load_real(store: Path, split: str, classes: Sequence[str], n_slices: int) -> tuple[list[np.ndarray], list[int], tuple[int, ...]]:
+    from ..data.dataset import VolumeDataset
+
+    ds = VolumeDataset(store, split=split)
+    xs, ys = [], []
+    for i, e in enumerate(ds.entries):
+        if e.label in classes:
+            xs.append(coronal_stack(ds.read_image(i), n_slices))
+            ys.append(classes.index(e.label))
+    return xs, ys, ds.shape
+
+
+def _load_synthetic(folder: Path, classes: Sequence[str], shape: Sequence[int], n_slices: int) -> tuple[list[np.ndarray], list[int], int]:
+    import nibabel as nib
+
+    table = folder / "samples.csv"
+    if not table.is_file():
+        raise InputError(f"{table} not found: point --synthetic at a `bsynth sample` output folder")
+    with open(table, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    xs, ys, resampled = [], [], 0
+    for row in rows:
+        label = (row.get("label") or "").strip()
+        if label not in classes:
+            continue
+        path = Path(row["path"])
+        path = path if path.is_absolute() else folder / path
+        vol = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+        if vol.ndim == 4 and vol.shape[-1] == 1:
+            vol = vol[..., 0]
+        resampled += tuple(vol.shape) != tuple(shape)
+        xs.append(coronal_stack(_fit_shape(vol, shape), n_slices))
+        ys.append(classes.index(label))
+    if not xs:
+        raise InputError(f"{table} lists no volumes labelled {list(classes)}")
+    return xs, ys, resampled
+
+
+# ---------------------------------------------------------------------------------------------- models
+def build_classifier(arch: str, n_slices: int) -> nn.Module:
+    """EfficientNet-V2-S (first conv -> n_slices channels, one logit) or a tiny CNN for CPU tests."""
+    if arch == "efficientnet_v2_s":
+        from torchvision.models import efficientnet_v2_s
+
+        model = efficientnet_v2_s(weights=None, num_classes=1)
+        old = model.features[0][0]
+        model.features[0][0] = nn.Conv2d(n_slices, old.out_channels, kernel_size=old.kernel_size,
+                                         stride=old.stride, padding=old.padding, bias=False)
+        return model
+    if arch == "tiny":
+        return nn.Sequential(
+            nn.Conv2d(n_slices, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1))
+    raise ConfigError(f"unknown arch {arch!r}; expected 'efficientnet_v2_s' or 'tiny'")
+
+
+def _train_eval(x_tr: torch.Tensor, y_tr: torch.Tensor, x_ev: torch.Tensor, arch: str, n_slices: int,
+                epochs: int, batch_size: int, lr: float, seed: int, device: torch.device) -> np.ndarray:
+    torch.manual_seed(seed)
+    model = build_classifier(arch, n_slices).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    loss_fn = nn.BCEWithLogitsLoss()
+    gen = torch.Generator().manual_seed(seed)
+    n = len(x_tr)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        for b in range(0, n, batch_size):
+            idx = perm[b:b + batch_size]
+            if len(idx) < 2 and n >= 2:  # BatchNorm needs > 1 sample per batch
+                idx = torch.cat([idx, perm[:1]])
+            xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb).view(-1), yb)
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        probs = [torch.sigmoid(model(x_ev[b:b + batch_size].to(device)).view(-1)).cpu()
+                 for b in range(0, len(x_ev), batch_size)]
+    return torch.cat(probs).numpy()
+
+
+# ---------------------------------------------------------------------------------------------- study
+def _stack(xs: Sequence[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(xs).astype(np.float32))
+
+
+def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str | Path,
+                      classes: Sequence[str] = ("healthy", "TLE"), ratios: Sequence[float] = (0.25, 0.5),
+                      epochs: int = 30, batch_size: int = 16, n_slices: int = 16,
+                      arch: str = "efficientnet_v2_s", seed: int = 0, lr: float = 1e-3,
+                      device: str | None = None) -> dict[str, Any]:
+    """Run the four-condition study; writes out_dir/metrics.json + metrics.md and returns the json dict."""
+    classes = tuple(classes)
+    if len(classes) != 2 or classes[0] == classes[1]:
+        raise ConfigError(f"classes must be two distinct labels (negative, positive), got {classes}")
+    if n_slices < 1 or epochs < 1 or batch_size < 1:
+        raise ConfigError("n_slices, epochs and batch_size must be >= 1")
+    build_classifier(arch, n_slices)  # validate arch early
+    t0 = time.perf_counter()
+    store, synthetic_dir, out = Path(store), Path(synthetic_dir), Path(out_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    x_real, y_real, shape = _load_real(store, "train", classes, n_slices)
+    if not x_real or len(set(y_real)) < 2:
+        raise InputError(f"the train split of {store} needs volumes of both {classes} "
+                         f"(found {np.bincount(y_real, minlength=2).tolist() if y_real else [0, 0]})")
+    x_syn, y_syn, n_resampled = _load_synthetic(synthetic_dir, classes, shape, n_slices)
+
+    x_ev, y_ev, _ = _load_real(store, "test", classes, n_slices) if _has_split(store, "test") else ([], [], shape)
+    eval_split, note = "test", ""
+    if len(x_ev) < 4 or len(set(y_ev)) < 2:
+        xv, yv, _ = _load_real(store, "val", classes, n_slices) if _has_split(store, "val") else ([], [], shape)
+        note = (f"test split too small ({len(x_ev)} volume(s) of {classes}, classes present {sorted(set(y_ev))}): "
+                "evaluated on val + test")
+        x_ev, y_ev, eval_split = xv + x_ev, yv + y_ev, "val+test"
+    if not x_ev:
+        raise InputError(f"no volumes of {classes} in the test or val split of {store}")
+
+    rng = np.random.default_rng(seed)
+    conditions: list[tuple[str, list[np.ndarray], list[int], int, int]] = [
+        ("real", x_real, y_real, len(x_real), 0),
+        ("synthetic", x_syn, y_syn, 0, len(x_syn)),
+    ]
+    for r in ratios:
+        want = int(round(float(r) * len(x_real)))
+        k = min(want, len(x_syn))
+        pick = rng.choice(len(x_syn), size=k, replace=False) if k else np.zeros(0, dtype=int)
+        conditions.append((f"real+synthetic 1:{r:g}", x_real + [x_syn[i] for i in pick],
+                           y_real + [y_syn[i] for i in pick], len(x_real), k))
+
+    x_ev_t = _stack(x_ev)
+    results: dict[str, Any] = {}
+    for name, xs, ys, n_r, n_s in conditions:
+        tc = time.perf_counter()
+        probs = _train_eval(_stack(xs), torch.tensor(ys, dtype=torch.float32), x_ev_t, arch, n_slices,
+                            epochs, batch_size, lr, seed, dev)
+        m = binary_metrics(y_ev, probs)
+        results[name] = {**m, "n_train": len(xs), "n_real": n_r, "n_synthetic": n_s,
+                         "n_train_positive": int(sum(ys)), "train_seconds": round(time.perf_counter() - tc, 2)}
+
+    report = {
+        "study": "synthetic augmentation (seed 000 §5.3)",
+        "store": str(store), "synthetic_dir": str(synthetic_dir),
+        "classes": {"negative": classes[0], "positive": classes[1]},
+        "config": {"arch": arch, "epochs": epochs, "batch_size": batch_size, "n_slices": n_slices,
+                   "ratios": [float(r) for r in ratios], "seed": seed, "lr": lr, "threshold": 0.5,
+                   "input": f"{n_slices} coronal slices around the centre (axis {CORONAL_AXIS} of the RAS store) as channels"},
+        "data": {"n_real_train": len(x_real), "n_synthetic_pool": len(x_syn),
+                 "n_synthetic_resampled": int(n_resampled), "store_shape": list(shape)},
+        "eval": {"split": eval_split, "n": len(y_ev), "n_positive": int(sum(y_ev)), "note": note},
+        "conditions": results,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "device": str(dev)},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    (out / "metrics.md").write_text(_markdown(report), encoding="utf-8")
+    return report
+
+
+def _has_split(store: Path, split: str) -> bool:
+    from ..data.finalize import load_index
+
+    info, _ = load_index(store)
+    return split in set(info["splits"]["assignment"].values())
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    ev = report["eval"]
+    lines = [f"# Synthetic-augmentation study ({report['classes']['positive']} vs {report['classes']['negative']})", "",
+             f"arch {report['config']['arch']}, {report['config']['epochs']} epoch(s), {report['config']['n_slices']} "
+             f"coronal slices; evaluated on {ev['split']} (n = {ev['n']}, {ev['n_positive']} positive)."]
+    if ev["note"]:
+        lines += ["", f"Note: {ev['note']}."]
+    lines += ["", "| condition | n real | n synthetic | F1 | precision | recall | accuracy | AUC-ROC | AUCPR |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["conditions"].items():
+        lines.append(f"| {name} | {r['n_real']} | {r['n_synthetic']} | "
+                     + " | ".join(f"{r[m]:.3f}" for m in METRICS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _cmd_augment(args: argparse.Namespace) -> int:
+    report = run_augment_study(
+        args.store, args.synthetic, args.out, classes=tuple(c.strip() for c in args.classes.split(",")),
+        ratios=tuple(float(r) for r in args.ratios.split(",") if r.strip()), epochs=args.epochs,
+        batch_size=args.batch_size, n_slices=args.n_slices, arch=args.arch, seed=args.seed, lr=args.lr,
+        device=args.device)
+    print(_markdown(report))
+    print(f"wrote {Path(args.out) / 'metrics.json'} and metrics.md")
+    return 0
+
+
+def add_study_parser(subparsers: Any) -> None:
+    """Register ``bsynth study augment``."""
+    p = subparsers.add_parser("study", help="downstream studies on synthetic cohorts")
+    ss = p.add_subparsers(dest="study_command", required=True, metavar="STUDY")
+    a = ss.add_parser("augment", help="classifier trained on real / synthetic / real+synthetic (seed 000 §5.3)")
+    a.add_argument("--store", required=True, help="finalized labelled store (its subject-aware splits are used)")
+    a.add_argument("--synthetic", required=True, help="folder with samples.csv (path, label) + NIfTI")
+    a.add_argument("--out", required=True, help="output folder (metrics.json, metrics.md)")
+    a.add_argument("--classes", default="healthy,TLE", help="negative,positive labels (default healthy,TLE)")
+    a.add_argument("--ratios", default="0.25,0.5", help="synthetic:real ratios of the mixed conditions")
+    a.add_argument("--epochs", type=int, default=30)
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--n-slices", type=int, default=16, help="coronal slices around the centre, as channels")
+    a.add_argument("--arch", default="efficientnet_v2_s", choices=("efficientnet_v2_s", "tiny"))
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default=None)
+    a.set_defaults(func=_cmd_augment)
