@@ -39,6 +39,7 @@ EXTRAS = {
         "deepspeed>=0.15",
         "mpi4py>=4.0",
         "mpich>=4.2",
+        "dask-jobqueue>=0.8",
         "torchvision>=0.19",
         "lpips>=0.1.4",
         "tensorboard>=2.16",

@@ -72,7 +72,7 @@ def train_args(stage: str, config: Path, store: Path, run_dir: Path, *overrides:
     return args + (["--resume", "auto"] if resume else [])
 
 
-def run(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float = 240,
+def run(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float = 600,
         cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run a command, capturing output; the test shows it on failure."""
     return subprocess.run(list(cmd), env=env or subprocess_env(), cwd=cwd, capture_output=True, text=True,

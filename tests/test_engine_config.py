@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -252,3 +253,36 @@ def test_phase_param_groups_keep_their_lr_ratios_under_the_schedule():
     unit = TorchUnit(phase, model, torch.device("cpu"), "fp32", clip_grad=1.0, ddp=False)
     LRController(ScheduleConfig(name="cosine"), total_updates=10).apply(unit.param_groups, 5)
     assert [g["lr"] for g in unit.param_groups] == pytest.approx([0.5e-3, 0.5e-4])
+
+
+def test_gradient_clipping_bounds_the_update():
+    """SGD with lr 1: the applied update equals the clipped gradient, whose norm is clip_grad."""
+    from bsynth_hpc.engine.backends.torch_native import TorchUnit
+    from bsynth_hpc.engine.stage import OptimSpec, Phase
+
+    model = torch.nn.Linear(3, 2)
+    unit = TorchUnit(Phase("p", "m", OptimSpec("sgd", lr=1.0, momentum=0.0)), model, torch.device("cpu"), "fp32",
+                     clip_grad=0.5, ddp=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    result = unit.step(skip=False)
+    assert result.applied and result.grad_norm == pytest.approx(3.0 * math.sqrt(8))  # norm before clipping
+    delta = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
+    assert float(delta.norm()) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_ema_follows_the_closed_form():
+    from bsynth_hpc.engine.ema import EMA
+
+    w = torch.zeros(4)
+    ema = EMA(lambda: [w], decay=0.9, start=2)
+    expected = 0.0
+    for step, value in enumerate([1.0, 2.0, 3.0, 4.0, 5.0]):
+        w.fill_(value)
+        ema.update(step)
+        expected = value if step < 2 else 0.9 * expected + 0.1 * value
+        assert float(ema.shadow[0][0]) == pytest.approx(expected)
+    with ema.swapped():
+        assert float(w[0]) == pytest.approx(expected)
+    assert float(w[0]) == 5.0

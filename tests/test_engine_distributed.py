@@ -104,7 +104,7 @@ def test_zero2_under_the_deepspeed_launcher(tmp_path, setup):
     args = train_args("smoke-vaegan", config, store, run_dir, "engine.backend=deepspeed", "engine.zero_stage=2",
                       *TWO_RANKS)
     proc = run([str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-                str(REPO / "launchers" / "train_dit3d.py"), *args], timeout=300)
+                str(REPO / "launchers" / "train_dit3d.py"), *args], timeout=600)
     assert proc.returncode == 0, explain(proc)
     assert "backend deepspeed" in proc.stdout + proc.stderr
     assert_matches_reference(run_dir, reference)

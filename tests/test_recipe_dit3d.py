@@ -167,7 +167,7 @@ def test_dit3d_zero2_two_ranks_under_the_deepspeed_launcher(pipeline, tmp_path):
     proc = run([str(VENV_BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
                 str(REPO / "launchers" / "train_dit3d.py"), "--config", str(dit_cfg), "--store", str(store),
                 "--run-dir", str(run_dir), "engine.backend=deepspeed", "engine.zero_stage=2", "engine.micro_batch=1",
-                "engine.max_steps=1", "engine.val_every=0"], env=subprocess_env(), timeout=300)
+                "engine.max_steps=1", "engine.val_every=0"], env=subprocess_env(), timeout=600)
     assert proc.returncode == 0, explain(proc)
     text = proc.stdout + proc.stderr
     assert "stage dit3d" in text and "backend deepspeed" in text and "2 rank(s)" in text
