@@ -9,9 +9,9 @@ Same arguments as ``bsynth train`` (STAGE is optional here)::
     srun python launchers/train_wfdm.py ...            (one task per GPU; see launchers/wfdm.slurm)
     mpiexec -n 4 python launchers/train_wfdm.py ...
 
-The wfdm stages arrive with issue #6; until then the launcher trains any registered stage
-(e.g. ``smoke-vaegan``) and an unknown stage name lists the registered ones. Exit status 75
-means "preempted, checkpoint written: requeue".
+Stages: ``wfdm-vae`` (configs/wfdm-vae*.yaml) and ``wfdm-ldm`` (configs/wfdm-ldm*.yaml; needs
+``recipe.latents`` from ``bsynth encode``); any other registered stage also trains, and an unknown
+stage name lists the registered ones. Exit status 75 means "preempted, checkpoint written: requeue".
 """
 from __future__ import annotations
 
