@@ -16,6 +16,11 @@ set -uo pipefail
 
 REPO=${BSYNTH_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
 cd "$REPO" || exit 1
+if [ ! -f "$CONFIG" ]; then
+    echo "[slurm] config '$CONFIG' not found (relative to $REPO): pass CONFIG=path/to/config.yaml," \
+         "e.g. sbatch --export=ALL,STAGE=$STAGE,CONFIG=configs/<name>.yaml" >&2
+    exit 2
+fi
 : "${SLURM_JOB_ID:?submit this script with sbatch}"
 PYTHON=${PYTHON:-python}
 MAX_RESTARTS=${MAX_RESTARTS:-10}

@@ -71,18 +71,55 @@ def test_slurm_directives(script):
                                                                        directives)
 
 
-@pytest.mark.parametrize("script, launcher, stage", [("wfdm.slurm", "train_wfdm.py", "wfdm-ldm"),
-                                                     ("dit3d.slurm", "train_dit3d.py", "dit3d")])
-def test_slurm_script_builds_the_srun_command(fake_slurm, script, launcher, stage):
+@pytest.mark.parametrize("script, launcher, stage, config", [
+    ("wfdm.slurm", "train_wfdm.py", "wfdm-ldm", "configs/wfdm-ldm.yaml"),
+    ("wfdm.slurm", "train_wfdm.py", "wfdm-vae", "configs/wfdm-vae.yaml"),
+    ("dit3d.slurm", "train_dit3d.py", "dit3d", "configs/dit3d_tle.yaml"),
+    ("dit3d.slurm", "train_dit3d.py", "dit3d-vae", "configs/dit3d-vae.yaml")])
+def test_slurm_script_builds_the_srun_command(fake_slurm, script, launcher, stage, config):
     env, log = fake_slurm
+    env["STAGE"] = stage
     proc = subprocess.run(["bash", str(LAUNCHERS / script)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     args = (log / "srun_args").read_text().split("\n")
     assert args[:3] == ["--kill-on-bad-exit=1", "python", f"launchers/{launcher}"]
     assert args[3] == stage and "--resume" in args and args[args.index("--resume") + 1] == "auto"
-    assert args[args.index("--config") + 1] == f"configs/{stage}.yaml"
+    assert args[args.index("--config") + 1] == config and (REPO / config).is_file()
     assert (log / "srun_env").read_text().strip() == f"MASTER_ADDR=node01 MASTER_PORT={20000 + 4242}"
     assert not (log / "scontrol").exists()  # finished: no requeue
+
+
+def test_slurm_script_names_a_missing_config(fake_slurm):
+    env, log = fake_slurm
+    env["CONFIG"] = "configs/no_such.yaml"
+    proc = subprocess.run(["bash", str(LAUNCHERS / "dit3d.slurm")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "configs/no_such.yaml" in proc.stderr and "CONFIG=" in proc.stderr
+    assert not (log / "srun_args").exists()
+
+
+FAKE_SBATCH = r"""#!/usr/bin/env bash
+n=$(( $(cat "$FAKE_LOG/sbatch_n" 2>/dev/null || echo 100) + 1 )); echo "$n" > "$FAKE_LOG/sbatch_n"
+echo "$*" >> "$FAKE_LOG/sbatch"
+echo "$n"
+"""
+
+
+@pytest.mark.parametrize("script, stages", [("wfdm.slurm", ["wfdm-vae", "encode", "wfdm-ldm", "sample-eval"]),
+                                            ("dit3d.slurm", ["dit3d-vae", "encode", "dit3d", "sample-study"])])
+def test_slurm_pipeline_submits_a_dependent_chain(fake_slurm, tmp_path, script, stages):
+    env, log = fake_slurm
+    (tmp_path / "bin" / "sbatch").write_text(FAKE_SBATCH)
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    env["STAGE"] = "pipeline"
+    proc = subprocess.run(["bash", str(LAUNCHERS / script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = (log / "sbatch").read_text().splitlines()
+    assert [re.search(r"STAGE=(\S+)", c).group(1) for c in calls] == stages
+    assert "--dependency" not in calls[0]
+    assert all(f"--dependency=afterok:{101 + i}" in c for i, c in enumerate(calls[1:]))
+    assert "--nodes=1 --ntasks-per-node=1" in calls[-1] and all("--nodes" not in c for c in calls[:-1])
+    assert all(c.endswith(f"launchers/{script}") for c in calls)
+    assert proc.stdout.strip().endswith(f"{stages[-1]} 104")
 
 
 @pytest.mark.parametrize("rc, state, restarts, requeued, exit_code", [
