@@ -18,9 +18,37 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["write_samples", "write_nifti", "write_preview", "triplanar", "write_samples_csv", "store_affine"]
+__all__ = ["write_samples", "write_nifti", "write_preview", "triplanar", "write_samples_csv", "store_affine",
+           "decode_latents", "decode_tile_from_env"]
 
 SAMPLES_CSV = "samples.csv"
+
+
+def decode_tile_from_env() -> int | None:
+    """$BSYNTH_DECODE_TILE (latent voxels per tile edge) or None: the default of ``--tile``."""
+    raw = os.environ.get("BSYNTH_DECODE_TILE", "").strip()
+    if not raw:
+        return None
+    try:
+        tile = int(raw)
+    except ValueError:
+        raise ValueError(f"BSYNTH_DECODE_TILE={raw!r}: expected an integer number of latent voxels, e.g. 16") from None
+    if tile < 2:
+        raise ValueError(f"BSYNTH_DECODE_TILE={raw!r}: a tile needs at least 2 latent voxels per axis")
+    return tile
+
+
+def decode_latents(vae: Any, z: Any, volume_shape: Sequence[int] | None, tile: int | None = None,
+                   overlap: int | None = None) -> Any:
+    """Decode unscaled latents with a compressor: whole (``tile`` None) or by overlapping latent tiles
+    of ``tile`` voxels (``overlap`` default tile // 4), which bounds decoder activation memory by the
+    tile size instead of the volume size (a 192x224x160 volume on a small card)."""
+    if not tile:
+        return vae.decode(z, volume_shape)
+    if int(tile) < 2:
+        raise ValueError(f"--tile {tile}: a tile needs at least 2 latent voxels per axis")
+    ov = max(1, int(tile) // 4) if overlap is None else int(overlap)
+    return vae.decode_tiled(z, tile=int(tile), overlap=ov, output_shape=volume_shape)
 
 
 def _as_numpy(volume: Any) -> np.ndarray:

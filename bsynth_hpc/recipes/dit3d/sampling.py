@@ -65,7 +65,7 @@ def _affine_and_shape(info: dict[str, Any], vae_meta: dict[str, Any]) -> tuple[n
 def sample_from_args(args: Any) -> int:
     from ...diffusion import sample
     from ...engine.export import load_exported
-    from ..common.outputs import write_samples, write_samples_csv
+    from ..common.outputs import decode_latents, decode_tile_from_env, write_samples, write_samples_csv
     from .ldm import load_dit_info
 
     t0 = time.perf_counter()
@@ -97,6 +97,7 @@ def sample_from_args(args: Any) -> int:
     def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return model(x, t, y)
 
+    tile = getattr(args, "tile", None) or decode_tile_from_env()
     out_dir = Path(args.out)
     bs = max(1, int(getattr(args, "batch_size", 1) or 1))
     rows: list[dict[str, Any]] = []
@@ -113,7 +114,8 @@ def sample_from_args(args: Any) -> int:
                          cond=y, uncond=torch.full_like(y, null_id), guidance_scale=scale, x_init=x_init,
                          spacing=dcfg.sampling.timestep_spacing, device=device)
             z = res.sample.float() / float(s_z)
-            vol = vae.decode(z.to(next(vae.parameters()).dtype), volume_shape).float().clamp(0, 1).cpu().numpy()
+            vol = decode_latents(vae, z.to(next(vae.parameters()).dtype), volume_shape, tile)
+            vol = vol.float().clamp(0, 1).cpu().numpy()
             names = [f"dit3d_{existing + start + i:04d}_{c}" for i, c in enumerate(chunk)]
             write_samples([v[0] for v in vol], affine, out_dir, names)
             for i, (name, c) in enumerate(zip(names, chunk)):

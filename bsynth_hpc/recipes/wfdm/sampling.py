@@ -124,7 +124,7 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
     """Sample volumes from a wfdm-ldm run (see the module docstring); returns the NIfTI paths."""
     from ...diffusion import DiffusionConfig, build_process, sample
     from ...engine.export import load_exported
-    from ..common.outputs import write_samples, write_samples_csv
+    from ..common.outputs import decode_latents, decode_tile_from_env, write_samples, write_samples_csv
 
     dev = _device(device)
     unet, meta_b = load_exported(run, "unet", dev)
@@ -150,7 +150,7 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
                                                                        for s in latent_shape[1:]])
     affine = np.asarray(meta_b.get("affine") or np.eye(4), dtype=np.float64)
     conds = build_conditions(modality, meta, conditions, n, seed, meta_b.get("metadata_stats"), label)
-    tile = tile or (int(os.environ["BSYNTH_DECODE_TILE"]) if os.environ.get("BSYNTH_DECODE_TILE") else None)
+    tile = tile or decode_tile_from_env()
     _log(f"{len(conds)} volume(s) {volume_shape} from {run} (latents {latent_shape}, s_z={scale:.5g}) with "
          f"{kwargs.get('solver')} x {kwargs.get('steps') or 'default'} steps, CFG scale {guidance:g}, decoder "
          f"{comp_run}{f' tiled ({tile})' if tile else ''}, on {dev}")
@@ -174,10 +174,7 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
                          uncond=unet.null_condition(b, dev), guidance_scale=guidance, x_init=x_init, device=dev,
                          return_intermediates=trajectory, **kwargs)
             z = res.sample.float() / float(scale)
-            if tile:
-                vol = vae.decode_tiled(z, tile=tile, overlap=max(1, tile // 4), output_shape=volume_shape)
-            else:
-                vol = vae.decode(z, volume_shape)
+            vol = decode_latents(vae, z, volume_shape, tile)
         vol = vol.float().clamp(0, 1).cpu()
         names = [f"sample-{c['seed']:04d}_{c['modality']}" for c in chunk]
         paths += write_samples(vol[:, 0], affine, out, names)
