@@ -161,32 +161,36 @@ def _scale(F64: tl.constexpr):
 
 
 @triton.jit
-def _haar_dwt3d_kernel(
-    x_ptr, y_ptr, C, X, Y, Z, X2, Y2, Z2, SUB, n_pblocks,
-    REPLICATE: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """Forward DWT. One program: BLOCK output voxels of the (Y2, Z2) plane `i` of one (b, c);
-    it loads their 2x2x2 input blocks (z pairs as contiguous (BLOCK, 2) tiles) and writes all
-    eight subbands. Past an odd edge the loads clamp (REPLICATE, the forward) or read zero
-    (not REPLICATE: the adjoint of the cropping inverse)."""
-    pid = tl.program_id(0)
+def _plane_positions(pid, n_pblocks, C, X2, Y2, Z2, BLOCK: tl.constexpr):
+    """What program ``pid`` covers: BLOCK coefficient positions p = j * Z2 + k of the (Y2, Z2) plane
+    ``i`` of channel ``c`` of batch ``b`` (bc = b * C + c); returns i, bc, b, c, P = Y2 * Z2, p, p < P, j, k."""
     pblock = pid % n_pblocks
     row = pid // n_pblocks  # = (b*C + c) * X2 + i
     i = row % X2
     bc = row // X2
-    b = bc // C
-    c = bc % C
     P = Y2 * Z2
     p = pblock * BLOCK + tl.arange(0, BLOCK)
-    pmask = p < P
-    j = p // Z2
-    k = p % Z2
-    zz = 2 * k[:, None] + tl.arange(0, 2)[None, :]  # (BLOCK, 2) input z index, contiguous
+    return i, bc, bc // C, bc % C, P, p, p < P, p // Z2, p % Z2
+
+
+@triton.jit
+def _subband0(y_ptr, b, c, C, i, X2, P, p):
+    """Pointers to the positions ``p`` of plane ``i`` of channel ``c`` in subband 0 of batch ``b``
+    (subband s lies s * SUB elements further)."""
+    return y_ptr + (b.to(tl.int64) * 8 * C + c) * (X2 * P) + i.to(tl.int64) * P + p
+
+
+@triton.jit
+def _voxel_blocks(x_ptr, bc, i, j, k, pmask, X, Y, Z, REPLICATE: tl.constexpr):
+    """Pointers and masks of the 2x2x2 voxel blocks (2i+dx, 2j+dy, 2k+{0,1}) of positions (i, j, k):
+    four (BLOCK, 2) tiles, z pairs contiguous, in the order (dx, dy) = 00, 01, 10, 11. Even indices
+    (2n) are always in range; only the odd partner can pass an odd edge: REPLICATE clamps it to the
+    last voxel, else it is masked out."""
+    zz = 2 * k[:, None] + tl.arange(0, 2)[None, :]  # (BLOCK, 2) z index, contiguous
     ya = 2 * j
     yb = 2 * j + 1
     xa = 2 * i
     xb = 2 * i + 1
-    # Even indices (2n) are always in range; only the odd partner can pass an odd edge.
     if REPLICATE:
         zz = tl.minimum(zz, Z - 1)
         yb = tl.minimum(yb, Y - 1)
@@ -207,10 +211,24 @@ def _haar_dwt3d_kernel(
     pb = x_ptr + base + xb.to(tl.int64) * YZ
     ra = (ya * Z)[:, None] + zz
     rb = (yb * Z)[:, None] + zz
-    a00 = tl.load(pa + ra, mask=m_a, other=0.0)
-    a01 = tl.load(pa + rb, mask=m_b, other=0.0)
-    a10 = tl.load(pb + ra, mask=m_c, other=0.0)
-    a11 = tl.load(pb + rb, mask=m_d, other=0.0)
+    return pa + ra, pa + rb, pb + ra, pb + rb, m_a, m_b, m_c, m_d
+
+
+@triton.jit
+def _haar_dwt3d_kernel(
+    x_ptr, y_ptr, C, X, Y, Z, X2, Y2, Z2, SUB, n_pblocks,
+    REPLICATE: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Forward DWT. One program: BLOCK output voxels of the (Y2, Z2) plane `i` of one (b, c);
+    it loads their 2x2x2 input blocks (z pairs as contiguous (BLOCK, 2) tiles) and writes all
+    eight subbands. Past an odd edge the loads clamp (REPLICATE, the forward) or read zero
+    (not REPLICATE: the adjoint of the cropping inverse)."""
+    i, bc, b, c, P, p, pmask, j, k = _plane_positions(tl.program_id(0), n_pblocks, C, X2, Y2, Z2, BLOCK)
+    p00, p01, p10, p11, m00, m01, m10, m11 = _voxel_blocks(x_ptr, bc, i, j, k, pmask, X, Y, Z, REPLICATE)
+    a00 = tl.load(p00, mask=m00, other=0.0)
+    a01 = tl.load(p01, mask=m01, other=0.0)
+    a10 = tl.load(p10, mask=m10, other=0.0)
+    a11 = tl.load(p11, mask=m11, other=0.0)
     if F64:
         a00, a01, a10, a11 = a00.to(tl.float64), a01.to(tl.float64), a10.to(tl.float64), a11.to(tl.float64)
     else:
@@ -231,8 +249,7 @@ def _haar_dwt3d_kernel(
     w101, w111 = v101 + v111, v101 - v111
     # x butterfly and the orthonormal scale: s{ax}{ay}{az}
     s = _scale(F64)
-    P3 = X2 * P
-    out = y_ptr + (b.to(tl.int64) * 8 * C + c) * P3 + i.to(tl.int64) * P + p
+    out = _subband0(y_ptr, b, c, C, i, X2, P, p)
     ty = y_ptr.dtype.element_ty
     # Subband s lives SUB = C*X2*Y2*Z2 elements after subband s-1 (pointer steps, no int overflow).
     tl.store(out, ((w000 + w100) * s).to(ty), mask=pmask)
@@ -261,20 +278,8 @@ def _haar_idwt3d_kernel(
     the eight subbands and writes the 2x2x2 voxel blocks (z pairs as contiguous (BLOCK, 2) tiles)
     inside (X, Y, Z). Voxels past an odd edge are dropped (the cropping inverse) or, with FOLD,
     added onto the last voxel (the adjoint of the replicating forward)."""
-    pid = tl.program_id(0)
-    pblock = pid % n_pblocks
-    row = pid // n_pblocks
-    i = row % X2
-    bc = row // X2
-    b = bc // C
-    c = bc % C
-    P = Y2 * Z2
-    p = pblock * BLOCK + tl.arange(0, BLOCK)
-    pmask = p < P
-    j = p // Z2
-    k = p % Z2
-    P3 = X2 * P
-    src = y_ptr + (b.to(tl.int64) * 8 * C + c) * P3 + i.to(tl.int64) * P + p
+    i, bc, b, c, P, p, pmask, j, k = _plane_positions(tl.program_id(0), n_pblocks, C, X2, Y2, Z2, BLOCK)
+    src = _subband0(y_ptr, b, c, C, i, X2, P, p)
     c0 = tl.load(src, mask=pmask, other=0.0)
     src += SUB
     c1 = tl.load(src, mask=pmask, other=0.0)
@@ -330,27 +335,12 @@ def _haar_idwt3d_kernel(
             u001 += u101
             u010 += u110
             u011 += u111
-    zz = 2 * k[:, None] + tl.arange(0, 2)[None, :]
-    ya = 2 * j
-    yb = 2 * j + 1
-    xa = 2 * i
-    xb = 2 * i + 1
-    m_a = pmask[:, None] & (zz < Z)
-    m_b = m_a & (yb < Y)[:, None]
-    x_in = (tl.zeros_like(zz) + xb) < X  # per-lane form: the interpreter rejects scalar masks
-    m_c = m_a & x_in
-    m_d = m_b & x_in
-    YZ = Y * Z
-    base = bc.to(tl.int64) * X * YZ
-    pa = x_ptr + base + xa.to(tl.int64) * YZ
-    pb = x_ptr + base + xb.to(tl.int64) * YZ
-    ra = (ya * Z)[:, None] + zz
-    rb = (yb * Z)[:, None] + zz
+    p00, p01, p10, p11, m00, m01, m10, m11 = _voxel_blocks(x_ptr, bc, i, j, k, pmask, X, Y, Z, False)
     tx = x_ptr.dtype.element_ty
-    tl.store(pa + ra, tl.join(u000, u001).to(tx), mask=m_a)
-    tl.store(pa + rb, tl.join(u010, u011).to(tx), mask=m_b)
-    tl.store(pb + ra, tl.join(u100, u101).to(tx), mask=m_c)
-    tl.store(pb + rb, tl.join(u110, u111).to(tx), mask=m_d)
+    tl.store(p00, tl.join(u000, u001).to(tx), mask=m00)
+    tl.store(p01, tl.join(u010, u011).to(tx), mask=m01)
+    tl.store(p10, tl.join(u100, u101).to(tx), mask=m10)
+    tl.store(p11, tl.join(u110, u111).to(tx), mask=m11)
 
 
 def _launch_config(plane: int) -> tuple[int, int]:

@@ -300,6 +300,29 @@ if triton is not None:
         return ox.to(tl.int64) * s_x + oy.to(tl.int64) * s_y + oz.to(tl.int64) * s_z
 
     @triton.jit
+    def _batch_head(bh, H):
+        """(batch, head) of program axis 1 (b * H + h), as int64 for the pointer arithmetic."""
+        return (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+
+    @triton.jit
+    def _token_rows(ox, oy, oz, s_x, s_y, s_z, offs_d):
+        """(BLOCK, BLOCK_D) element offsets of the tokens at (ox, oy, oz), channels ``offs_d``."""
+        return _offsets(ox, oy, oz, s_x, s_y, s_z)[:, None] + offs_d[None, :]
+
+    @triton.jit
+    def _load_kv(k_base, v_base, kx, ky, kz, k_ok, s_x, s_y, s_z, offs_d, d_ok):
+        """K and V rows of one key block (zeros for padding, tokens outside the window, d >= head_dim)."""
+        k_off = _token_rows(kx, ky, kz, s_x, s_y, s_z, offs_d)
+        kv_mask = k_ok[:, None] & d_ok[None, :]
+        return tl.load(k_base + k_off, mask=kv_mask, other=0.0), tl.load(v_base + k_off, mask=kv_mask, other=0.0)
+
+    @triton.jit
+    def _bias_tile(Bias, h, offs_m, offs_n, N: tl.constexpr):
+        """Pointers to, and the mask of, the (query block, key block) tile of head h's (N, N) bias."""
+        return (Bias + h * (N * N) + offs_m[:, None] * N + offs_n[None, :],
+                (offs_m[:, None] < N) & (offs_n[None, :] < N))
+
+    @triton.jit
     def _mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
         """a @ b with fp32 accumulation. UPCAST multiplies fp32 copies; it is set only for bf16 under
         the Triton interpreter, which multiplies bf16 storage bits as integers (GPU code unaffected)."""
@@ -337,8 +360,7 @@ if triton is not None:
         bh = tl.program_id(1)
         win = pid // NUM_QB
         qb = pid % NUM_QB
-        b = (bh // H).to(tl.int64)
-        h = (bh % H).to(tl.int64)
+        b, h = _batch_head(bh, H)
         q_base = Q + b * s_b + h * s_h
         k_base = K + b * s_b + h * s_h
         v_base = V + b * s_b + h * s_h
@@ -349,7 +371,7 @@ if triton is not None:
         d_ok = offs_d < HEAD_DIM
         qx, qy, qz, q_ok, q_reg = _window_tokens(offs_m, x0, y0, z0, X, Y, Z, XP, YP, ZP, WX, WY, WZ, SX, SY, SZ)
         q_mask = q_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + _offsets(qx, qy, qz, s_x, s_y, s_z)[:, None] + offs_d[None, :], mask=q_mask, other=0.0)
+        q = tl.load(q_base + _token_rows(qx, qy, qz, s_x, s_y, s_z, offs_d), mask=q_mask, other=0.0)
 
         qk_scale = sm_scale * _LOG2E  # exp2 domain
         m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
@@ -359,14 +381,10 @@ if triton is not None:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             kx, ky, kz, k_ok, k_reg = _window_tokens(offs_n, x0, y0, z0, X, Y, Z, XP, YP, ZP,
                                                      WX, WY, WZ, SX, SY, SZ)
-            k_off = _offsets(kx, ky, kz, s_x, s_y, s_z)[:, None] + offs_d[None, :]
-            kv_mask = k_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_base + k_off, mask=kv_mask, other=0.0)
-            v = tl.load(v_base + k_off, mask=kv_mask, other=0.0)
+            k, v = _load_kv(k_base, v_base, kx, ky, kz, k_ok, s_x, s_y, s_z, offs_d, d_ok)
             s = _mm(q, tl.trans(k), PREC, UPCAST) * qk_scale
             if HAS_BIAS:
-                bias_ptrs = Bias + h * (N * N) + offs_m[:, None] * N + offs_n[None, :]
-                bias_mask = (offs_m[:, None] < N) & (offs_n[None, :] < N)
+                bias_ptrs, bias_mask = _bias_tile(Bias, h, offs_m, offs_n, N)
                 s += tl.load(bias_ptrs, mask=bias_mask, other=0.0).to(tl.float32) * _LOG2E
             # Finite "minus infinity": while a row has seen no allowed key its max stays -1e30 and
             # the junk it sums is wiped by alpha = 0 once a real key arrives (every real query sees
@@ -380,7 +398,7 @@ if triton is not None:
             m_i = m_new
         acc = acc / l_i[:, None]
         o_base = O + b * o_b + h * o_h
-        tl.store(o_base + _offsets(qx, qy, qz, o_x, o_y, o_z)[:, None] + offs_d[None, :],
+        tl.store(o_base + _token_rows(qx, qy, qz, o_x, o_y, o_z, offs_d),
                  acc.to(O.dtype.element_ty), mask=q_mask)
         lse_idx = bh.to(tl.int64) * (X * Y * Z) + (qx * Y + qy) * Z + qz
         tl.store(LSE + lse_idx, m_i + tl.log2(l_i), mask=q_ok)
@@ -404,8 +422,7 @@ if triton is not None:
         bh = tl.program_id(1)
         grp = pid // NUM_QB
         qb = pid % NUM_QB
-        b = (bh // H).to(tl.int64)
-        h = (bh % H).to(tl.int64)
+        b, h = _batch_head(bh, H)
         q_base = Q + b * s_b + h * s_h
         k_base = K + b * s_b + h * s_h
         v_base = V + b * s_b + h * s_h
@@ -425,9 +442,8 @@ if triton is not None:
             qx, qy, qz, q_ok, q_reg = _window_tokens(offs_m, x0, y0, z0, X, Y, Z, XP, YP, ZP,
                                                      WX, WY, WZ, SX, SY, SZ)
             q_mask = q_ok[:, None] & d_ok[None, :]
-            o_off = _offsets(qx, qy, qz, o_x, o_y, o_z)[:, None] + offs_d[None, :]
-            q = tl.load(q_base + _offsets(qx, qy, qz, s_x, s_y, s_z)[:, None] + offs_d[None, :],
-                        mask=q_mask, other=0.0)
+            o_off = _token_rows(qx, qy, qz, o_x, o_y, o_z, offs_d)
+            q = tl.load(q_base + _token_rows(qx, qy, qz, s_x, s_y, s_z, offs_d), mask=q_mask, other=0.0)
             do = tl.load(do_base + o_off, mask=q_mask, other=0.0)
             o = tl.load(o_base + o_off, mask=q_mask, other=0.0)
             delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
@@ -439,12 +455,8 @@ if triton is not None:
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 kx, ky, kz, k_ok, k_reg = _window_tokens(offs_n, x0, y0, z0, X, Y, Z, XP, YP, ZP,
                                                          WX, WY, WZ, SX, SY, SZ)
-                k_off = _offsets(kx, ky, kz, s_x, s_y, s_z)[:, None] + offs_d[None, :]
-                kv_mask = k_ok[:, None] & d_ok[None, :]
-                k = tl.load(k_base + k_off, mask=kv_mask, other=0.0)
-                v = tl.load(v_base + k_off, mask=kv_mask, other=0.0)
-                bias_ptrs = Bias + h * (N * N) + offs_m[:, None] * N + offs_n[None, :]
-                bias_mask = (offs_m[:, None] < N) & (offs_n[None, :] < N)
+                k, v = _load_kv(k_base, v_base, kx, ky, kz, k_ok, s_x, s_y, s_z, offs_d, d_ok)
+                bias_ptrs, bias_mask = _bias_tile(Bias, h, offs_m, offs_n, N)
                 p, ds = _recompute_p_ds(q, k, v, do, lse, delta, bias_ptrs, bias_mask,
                                         _allowed(q_ok, q_reg, k_ok, k_reg, SX, SY, SZ), qk_scale,
                                         HAS_BIAS, PREC, UPCAST)
@@ -475,8 +487,7 @@ if triton is not None:
         bh = tl.program_id(1)
         win = pid // NUM_KB
         kb = pid % NUM_KB
-        b = (bh // H).to(tl.int64)
-        h = (bh % H).to(tl.int64)
+        b, h = _batch_head(bh, H)
         q_base = Q + b * s_b + h * s_h
         do_base = DO + b * o_b + h * o_h
         lse_base = bh.to(tl.int64) * (X * Y * Z)
@@ -487,10 +498,8 @@ if triton is not None:
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < HEAD_DIM
         kx, ky, kz, k_ok, k_reg = _window_tokens(offs_n, x0, y0, z0, X, Y, Z, XP, YP, ZP, WX, WY, WZ, SX, SY, SZ)
-        k_off = _offsets(kx, ky, kz, s_x, s_y, s_z)[:, None] + offs_d[None, :]
         kv_mask = k_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + b * s_b + h * s_h + k_off, mask=kv_mask, other=0.0)
-        v = tl.load(V + b * s_b + h * s_h + k_off, mask=kv_mask, other=0.0)
+        k, v = _load_kv(K + b * s_b + h * s_h, V + b * s_b + h * s_h, kx, ky, kz, k_ok, s_x, s_y, s_z, offs_d, d_ok)
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         for start_m in range(0, N, BLOCK_M):
@@ -498,21 +507,18 @@ if triton is not None:
             qx, qy, qz, q_ok, q_reg = _window_tokens(offs_m, x0, y0, z0, X, Y, Z, XP, YP, ZP,
                                                      WX, WY, WZ, SX, SY, SZ)
             q_mask = q_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_base + _offsets(qx, qy, qz, s_x, s_y, s_z)[:, None] + offs_d[None, :],
-                        mask=q_mask, other=0.0)
-            do = tl.load(do_base + _offsets(qx, qy, qz, o_x, o_y, o_z)[:, None] + offs_d[None, :],
-                         mask=q_mask, other=0.0)
+            q = tl.load(q_base + _token_rows(qx, qy, qz, s_x, s_y, s_z, offs_d), mask=q_mask, other=0.0)
+            do = tl.load(do_base + _token_rows(qx, qy, qz, o_x, o_y, o_z, offs_d), mask=q_mask, other=0.0)
             lse_idx = lse_base + (qx * Y + qy) * Z + qz
             lse = tl.load(LSE + lse_idx, mask=q_ok, other=0.0)
             delta = tl.load(DELTA + lse_idx, mask=q_ok, other=0.0)
-            bias_ptrs = Bias + h * (N * N) + offs_m[:, None] * N + offs_n[None, :]
-            bias_mask = (offs_m[:, None] < N) & (offs_n[None, :] < N)
+            bias_ptrs, bias_mask = _bias_tile(Bias, h, offs_m, offs_n, N)
             p, ds = _recompute_p_ds(q, k, v, do, lse, delta, bias_ptrs, bias_mask,
                                     _allowed(q_ok, q_reg, k_ok, k_reg, SX, SY, SZ), qk_scale,
                                     HAS_BIAS, PREC, UPCAST)
             dv += _mm(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
             dk += _mm(tl.trans(ds.to(q.dtype)), q, PREC, UPCAST)
-        dkv_off = _offsets(kx, ky, kz, o_x, o_y, o_z)[:, None] + offs_d[None, :]
+        dkv_off = _token_rows(kx, ky, kz, o_x, o_y, o_z, offs_d)
         tl.store(DK + b * o_b + h * o_h + dkv_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
         tl.store(DV + b * o_b + h * o_h + dkv_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
@@ -537,8 +543,7 @@ if triton is not None:
         tile = pid % (NUM_QB * NUM_KB)
         qb = tile // NUM_KB
         kb = tile % NUM_KB
-        b = (bh // H).to(tl.int64)
-        h = (bh % H).to(tl.int64)
+        b, h = _batch_head(bh, H)
         q_base = Q + b * s_b + h * s_h
         k_base = K + b * s_b + h * s_h
         v_base = V + b * s_b + h * s_h
@@ -550,8 +555,7 @@ if triton is not None:
         offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < HEAD_DIM
-        bias_ptrs = Bias + h * (N * N) + offs_m[:, None] * N + offs_n[None, :]
-        bias_mask = (offs_m[:, None] < N) & (offs_n[None, :] < N)
+        bias_ptrs, bias_mask = _bias_tile(Bias, h, offs_m, offs_n, N)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         w_end = tl.minimum(grp * GROUP + GROUP, NW)
         for win in range(grp * GROUP, w_end):
@@ -561,14 +565,9 @@ if triton is not None:
             kx, ky, kz, k_ok, k_reg = _window_tokens(offs_n, x0, y0, z0, X, Y, Z, XP, YP, ZP,
                                                      WX, WY, WZ, SX, SY, SZ)
             q_mask = q_ok[:, None] & d_ok[None, :]
-            kv_mask = k_ok[:, None] & d_ok[None, :]
-            k_off = _offsets(kx, ky, kz, s_x, s_y, s_z)[:, None] + offs_d[None, :]
-            q = tl.load(q_base + _offsets(qx, qy, qz, s_x, s_y, s_z)[:, None] + offs_d[None, :],
-                        mask=q_mask, other=0.0)
-            do = tl.load(do_base + _offsets(qx, qy, qz, o_x, o_y, o_z)[:, None] + offs_d[None, :],
-                         mask=q_mask, other=0.0)
-            k = tl.load(k_base + k_off, mask=kv_mask, other=0.0)
-            v = tl.load(v_base + k_off, mask=kv_mask, other=0.0)
+            q = tl.load(q_base + _token_rows(qx, qy, qz, s_x, s_y, s_z, offs_d), mask=q_mask, other=0.0)
+            do = tl.load(do_base + _token_rows(qx, qy, qz, o_x, o_y, o_z, offs_d), mask=q_mask, other=0.0)
+            k, v = _load_kv(k_base, v_base, kx, ky, kz, k_ok, s_x, s_y, s_z, offs_d, d_ok)
             lse_idx = lse_base + (qx * Y + qy) * Z + qz
             lse = tl.load(LSE + lse_idx, mask=q_ok, other=0.0)
             delta = tl.load(DELTA + lse_idx, mask=q_ok, other=0.0)

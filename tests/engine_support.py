@@ -50,7 +50,7 @@ def make_store(path: Path, n_subjects: int = 12, shape: Sequence[int] = SHAPE) -
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for engine subprocesses: PyTorch reference kernels, one thread, repo importable."""
     env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "BSYNTH_FAULTS",
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "BSYNTH_FAULTS",
                 "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_STEP_ID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
         env.pop(key, None)
     env.update({"BSYNTH_DISABLE_TRITON": "1", "TRITON_INTERPRET": "0", "OMP_NUM_THREADS": "1",
@@ -112,3 +112,40 @@ def write_config(path: Path, stage: str, engine: dict[str, Any] | None = None, r
            "data": {"num_workers": 0, **(data or {})}, "recipe": {**base_recipe, **(recipe or {})}}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def counting_stage() -> type:
+    """Registers and returns ``test-counting-denoiser``: smoke-denoiser whose ``state_dict`` lists the steps it
+    trained (plus a tensor and a None, to exercise weights_only loading); ``loaded`` collects restored states."""
+    import torch
+
+    from bsynth_hpc.recipes.registry import register_stage
+    from bsynth_hpc.recipes.smoke import SmokeDenoiserStage
+
+    class CountingDenoiser(SmokeDenoiserStage):
+        name = "test-counting-denoiser"
+        loaded: list[Any] = []
+
+        def __init__(self, config: Any, info: Any):
+            super().__init__(config, info)
+            self.seen: list[int] = []
+
+        def loss(self, phase: str, batch: Any, ctx: Any) -> Any:
+            self.seen.append(int(ctx.step))
+            return super().loss(phase, batch, ctx)
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"seen": list(self.seen), "as_tensor": torch.tensor(self.seen), "note": None}
+
+        def load_state_dict(self, state: Any) -> None:
+            CountingDenoiser.loaded.append(state)
+            self.seen = list(state["seen"])
+
+    register_stage(CountingDenoiser.name, CountingDenoiser)
+    return CountingDenoiser
+
+
+COUNTING_MAIN = ("import sys; sys.path.insert(0, %r); import engine_support; engine_support.counting_stage(); "
+                 "from bsynth_hpc.engine.run import train_main; sys.exit(train_main(sys.argv[1:]))"
+                 % str(Path(__file__).resolve().parent))
+"""``python -c COUNTING_MAIN ARGS...``: ``bsynth train`` with ``test-counting-denoiser`` registered."""

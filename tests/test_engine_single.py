@@ -13,7 +13,8 @@ from bsynth_hpc.engine.distributed import Comm, DistInfo
 from bsynth_hpc.engine.errors import EXIT_DIVERGED, EXIT_REQUEUE, CheckpointError
 from bsynth_hpc.engine.export import load_exported
 from bsynth_hpc.engine.run import train_main
-from engine_support import explain, losses, make_store, metrics, run, subprocess_env, train_args, write_config
+from engine_support import (COUNTING_MAIN, counting_stage, explain, losses, make_store, metrics, run, subprocess_env,
+                            train_args, write_config)
 
 # The reference run: 6 steps, validation (plateau LR on val/l1) and a checkpoint every 2 steps.
 REF_ENGINE = {"max_steps": 6, "val_every": 2, "ckpt_every": 2, "keep_last": 5,
@@ -284,3 +285,66 @@ def test_generator_warmup_and_per_phase_schedules(tmp_path, store):
         assert ("loss/discriminator" in recs[s + 1]) == (s >= 3)
         assert ("loss/generator/adv" in recs[s + 1]) == (s >= 3)
     assert [recs[s]["lr/discriminator"] for s in (4, 5, 6)] == pytest.approx([1e-3] * 3)
+
+
+# ---------------------------------------------------------------------------- the stage's own state
+def _counting_config(path, stage_name):
+    import yaml
+
+    config = write_config(path, "smoke-denoiser", engine={"max_steps": 2, "micro_batch": 2})
+    raw = yaml.safe_load(config.read_text())
+    raw["stage"] = stage_name
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return config
+
+
+@pytest.mark.parametrize("backend", ["single", "deepspeed"])
+def test_stage_state_is_checkpointed_and_restored(tmp_path, store, backend):
+    """Stage.state_dict() goes into trainer.pt (rank 0, every backend) and comes back before the first resumed step."""
+    stage = counting_stage()
+    config = _counting_config(tmp_path / "c.yaml", stage.name)
+    args = train_args(stage.name, config, store, tmp_path / "run", f"engine.backend={backend}")
+    if backend == "single":
+        stage.loaded.clear()
+        assert train_main(args) == 0
+    else:  # DeepSpeed keeps process-wide groups: one DeepSpeed run per process
+        cmd = [sys.executable, "-c", COUNTING_MAIN, *args]
+        proc = run(cmd)
+        assert proc.returncode == 0, explain(proc)
+    saved = load_torch(tmp_path / "run" / "checkpoints" / "step-00000002" / "trainer.pt")["stage"]
+    assert saved["seen"] == [0, 1] and torch.equal(saved["as_tensor"], torch.tensor([0, 1])) and saved["note"] is None
+    if backend == "single":
+        assert train_main([*args, "engine.max_steps=4", "--resume", "auto"]) == 0
+        assert [s["seen"] for s in stage.loaded] == [[0, 1]]
+    else:
+        proc = run([*cmd, "engine.max_steps=4", "--resume", "auto"])
+        assert proc.returncode == 0, explain(proc)
+        meta = json.loads((tmp_path / "run" / "checkpoints" / "step-00000004" / "meta.json").read_text())
+        assert meta["backend"] == "deepspeed"
+    final = load_torch(tmp_path / "run" / "checkpoints" / "step-00000004" / "trainer.pt")["stage"]
+    assert final["seen"] == [0, 1, 2, 3]
+
+
+def test_checkpoint_without_stage_state_still_resumes(tmp_path, store, capsys):
+    """A checkpoint written before stages saved their state (no "stage" in trainer.pt) resumes with a warning."""
+    from bsynth_hpc.engine.checkpoint import save_torch
+
+    stage = counting_stage()
+    stage.loaded.clear()
+    config = _counting_config(tmp_path / "c.yaml", stage.name)
+    args = train_args(stage.name, config, store, tmp_path / "run")
+    assert train_main(args) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    state = load_torch(ckpt / "trainer.pt")
+    del state["stage"]
+    save_torch(state, ckpt / "trainer.pt")
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["files"]["trainer.pt"] = (ckpt / "trainer.pt").stat().st_size
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    assert is_complete(ckpt)
+    capsys.readouterr()
+    assert train_main([*args, "engine.max_steps=3", "--resume", "auto"]) == 0
+    assert stage.loaded == []
+    assert "written before stages saved their own state" in capsys.readouterr().out
+    final = load_torch(tmp_path / "run" / "checkpoints" / "step-00000003" / "trainer.pt")["stage"]
+    assert final["seen"] == [2]

@@ -259,20 +259,18 @@ class LatentCache:
         return np.asarray(self._array("conditions")[:], dtype=np.float32), [str(v) for v in self._array("volume_id")[:]]
 
     def estimate_scale_factor(self, max_samples: int | None = None) -> float:
-        """``1 / std`` of the written unscaled latents (streamed in float64), the usual LDM scale."""
+        """``1 / std`` of the written unscaled latents, the usual LDM scale: the same streaming float64
+        estimate as the compressor exports (:func:`bsynth_hpc.models.autoencoder.estimate_latent_scale`)."""
+        from ..errors import BsynthError
+        from ..models.autoencoder.latent_scale import estimate_latent_scale
+
         indices = np.flatnonzero(self.written_mask())[:max_samples]
         if indices.size == 0:
             raise StoreError(f"{self.path} has no written latents yet: run `bsynth encode` first")
-        total = total_sq = count = 0.0
-        for i in indices:
-            z = self.read_latent(int(i), scaled=False).astype(np.float64)
-            total += z.sum()
-            total_sq += np.square(z).sum()
-            count += z.size
-        var = total_sq / count - (total / count) ** 2
-        if not var > 0:
-            raise StoreError(f"latents in {self.path} have zero variance: the encoder output is constant")
-        return float(1.0 / np.sqrt(var))
+        try:
+            return float(estimate_latent_scale(self.read_latent(int(i), scaled=False) for i in indices))
+        except BsynthError as exc:
+            raise StoreError(f"latents in {self.path}: {exc}") from exc
 
     def _require_scale(self) -> float:
         scale = self.scale_factor

@@ -14,6 +14,12 @@ which ``latest()`` never returns and the next save removes; the previous checkpo
 untouched. A directory counts as complete only when its name is ``step-XXXXXXXX`` and its
 ``meta.json`` lists files that all exist with the recorded sizes.
 
+Contents (written by :class:`~bsynth_hpc.engine.trainer.Trainer`): ``trainer.pt`` (rank 0: step,
+data-stream position, LR schedules, unsharded EMA, NaN counters, best metric, the stage's own
+state ``Stage.state_dict()`` under ``"stage"``), ``ranks/rank-XXXXX.pt`` (each rank: RNG states,
+sharded EMA), and per model either ``models/<model>.pt`` (single/DDP: weights, optimizer, grad
+scaler) or ``deepspeed/<model>/`` (ZeRO shards of every rank).
+
 Everything is read back with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations

@@ -49,6 +49,20 @@ What a stage implements
 Optional hooks: ``dataset(split)`` (default: ``VolumeDataset`` over the store with the
 configured modalities), ``sampling_weights(dataset)`` (per-item weights for balanced
 sampling; default uniform shuffling), ``setup(device)`` (move frozen helpers to the device).
+
+Stage state in checkpoints
+--------------------------
+``state_dict() -> dict`` / ``load_state_dict(state)``
+    Training state the stage keeps itself, outside its models and optimizers (e.g. the round
+    counter and running adversarial loss of a gated GAN schedule). ``state_dict`` returns plain
+    data that ``torch.load(weights_only=True)`` reads back: dicts, lists, tuples, str, int,
+    float, bool, None and tensors. The state must be the same on every rank (decide it from
+    all-reduced values), like the step and the LR schedules: rank 0 writes it into the
+    checkpoint's ``trainer.pt`` under ``"stage"`` for every backend (single, DDP, DeepSpeed),
+    and on resume every rank passes it to ``load_state_dict`` after the models, optimizers and
+    LR schedules are restored and before the first step. Default: ``{}`` and nothing to load.
+    A checkpoint written before this hook existed has no ``"stage"`` entry; the stage then keeps
+    its freshly initialised state (the engine says so when ``state_dict()`` is not empty).
 """
 from __future__ import annotations
 
@@ -252,6 +266,14 @@ class Stage(ABC):
 
     def setup(self, device: torch.device) -> None:
         """Move frozen helpers (e.g. a pretrained encoder) to ``device``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stage's own training state, identical on every rank (module docstring); default: none."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (on resume, on every rank); default: nothing to restore."""
+        del state
 
 
 __all__ = ["Batch", "OptimSpec", "Phase", "ExportSpec", "StageInfo", "StepContext", "ExportContext", "Stage"]

@@ -14,7 +14,8 @@ One optimizer step (global step t, 0-based):
    received a preemption signal - then stop with exit status 75 for the batch script.
 
 Everything random is either seeded per sample (:mod:`.noise`) or restored from the
-checkpoint, so a resumed run reproduces the uninterrupted one step for step.
+checkpoint, and so is the stage's own state (``Stage.state_dict``, e.g. a GAN schedule), so a
+resumed run reproduces the uninterrupted one step for step.
 """
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ class Trainer:
         self.input_dtype = next(iter(self.units.values())).input_dtype
         self.global_batch = self.cfg.per_rank_batch * dist.world_size
         self.resumed_from: Path | None = None
+        self._resume_rng: dict[str, Any] | None = None
         if resume:
             self._resume(resume)
         elif self.ckpt.latest() is not None:
@@ -315,6 +317,7 @@ class Trainer:
             "nan": {"streak": self.nan_streak, "total": self.nan_total},
             "best": self.best,
             "last_val_step": self.last_val_step,
+            "stage": self.stage.state_dict(),
             "backend": self.backend,
             "world_size": self.comm.world_size,
             "config": yaml.safe_dump(self.config.to_dict(), sort_keys=False),
@@ -375,9 +378,15 @@ class Trainer:
         self.nan_streak, self.nan_total = int(state["nan"]["streak"]), int(state["nan"]["total"])
         self.best = state.get("best")
         self.last_val_step = int(state.get("last_val_step", -1))
+        if "stage" in state:
+            self.stage.load_state_dict(state["stage"])
+        elif self.is_main and self.stage.state_dict():
+            print(f"[bsynth] warning: {path} was written before stages saved their own state; stage "
+                  f"{self.config.stage} continues from its initial state (e.g. a GAN schedule restarts its round "
+                  "counter), so the run no longer reproduces the uninterrupted one", flush=True)
         sampler = state["sampler"]
-        if rank_state is not None:
-            restore(rank_state["rng"])
+        if rank_state is not None:  # restored in _train, once the data iterator has drawn its seed
+            self._resume_rng = rank_state["rng"]
         if self.is_main and (sampler["num_items"] != len(self.train_set)  # type: ignore[arg-type]
                              or sampler["global_batch"] != self.global_batch):
             print(f"[bsynth] warning: the data stream differs from the checkpoint's ({sampler['num_items']} items, "
@@ -456,7 +465,13 @@ class Trainer:
                           f"global batch {self.global_batch} = {cfg.micro_batch} x {cfg.grad_accum} x "
                           f"{self.comm.world_size}, precision {cfg.precision}, steps {self.step}->{cfg.max_steps}")
         self._set_train(True)
-        it = iter(self.loader)
+        it = iter(self.loader)  # draws the loader's base seed from the global torch RNG
+        if self._resume_rng is not None:
+            # the RNG states of the interrupted run after its last step: restored only now, so the
+            # draw above does not shift global-RNG users (dropout, posterior samples) off the
+            # uninterrupted run's sequence
+            restore(self._resume_rng)
+            self._resume_rng = None
         t_last, cpu_last, steps_since = time.perf_counter(), time.process_time(), 0
         while self.step < cfg.max_steps:
             self.watchdog.beat("training")

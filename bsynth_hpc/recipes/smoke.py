@@ -12,8 +12,10 @@
 
 All norms are ``bsynth_hpc.ops.group_norm_silu`` (the fused kernel on GPU, the PyTorch
 reference on CPU); the denoiser uses its adaptive scale/shift. Every model supports
-activation checkpointing of its blocks (``set_activation_checkpointing``). Models are built
-by module-level factories so exports can name them.
+activation checkpointing of its blocks (``set_activation_checkpointing``, through
+:mod:`bsynth_hpc.models.checkpointing` like the real models); the denoiser's timestep features
+are :func:`bsynth_hpc.models.conditioning.timestep_embedding`. Models are built by module-level
+factories so exports can name them.
 """
 from __future__ import annotations
 
@@ -24,12 +26,15 @@ from typing import Literal, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 from ..engine.config import ScheduleConfig
 from ..engine.configtools import require
 from ..engine.stage import Batch, ExportContext, ExportSpec, OptimSpec, Phase, Stage, StepContext
+from ..models.checkpointing import CheckpointedBlock
+from ..models.checkpointing import set_activation_checkpointing as _set_checkpointing
+from ..models.conditioning import timestep_embedding
+from .common.stage_utils import per_sample_mean
 
 
 # ============================================================================ building blocks
@@ -49,23 +54,7 @@ class GNSiLU(nn.Module):
         return ops.group_norm_silu(x, self.groups, self.weight, self.bias, scale=scale, shift=shift)
 
 
-class Checkpointable(nn.Module):
-    """A block whose forward can be recomputed in backward instead of storing activations."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.checkpointing = False
-
-    def _forward(self, *args: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        if self.checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, *args, use_reentrant=False)
-        return self._forward(*args)
-
-
-class ResBlock(Checkpointable):
+class ResBlock(CheckpointedBlock):
     """x + conv(GN-SiLU(conv(GN-SiLU(x)))), optionally modulated by an embedding (scale, shift)."""
 
     def __init__(self, channels: int, groups: int, emb_dim: int | None = None):
@@ -84,12 +73,6 @@ class ResBlock(Checkpointable):
         else:
             h = self.norm2(h)
         return x + self.conv2(h)
-
-
-def _set_checkpointing(model: nn.Module, enabled: bool) -> None:
-    for module in model.modules():
-        if isinstance(module, Checkpointable):
-            module.checkpointing = enabled
 
 
 # ============================================================================ models
@@ -152,14 +135,6 @@ class SmokePatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.norm2(self.conv2(self.norm1(self.conv1(x)))))
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding (B,) -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
 class SmokeDenoiser(nn.Module):
@@ -266,10 +241,6 @@ def _images(batch: Batch) -> torch.Tensor:
     return x
 
 
-def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
-    return x.float().flatten(1).mean(dim=1)
-
-
 class SmokeVAEGANStage(Stage):
     """smoke-vaegan: see the module docstring."""
 
@@ -337,7 +308,7 @@ class SmokeVAEGANStage(Stage):
         x = _images(batch)
         recon = ctx.models["vae"](x)[0]
         diff = recon.float() - x.float()
-        return {"l1": _per_sample_mean(diff.abs()), "mse": _per_sample_mean(diff ** 2)}
+        return {"l1": per_sample_mean(diff.abs()), "mse": per_sample_mean(diff ** 2)}
 
     def exports(self, models: Mapping[str, nn.Module], ctx: ExportContext) -> list[ExportSpec]:
         c: SmokeVAEGANConfig = self.config
@@ -386,7 +357,7 @@ class SmokeDenoiserStage(Stage):
         abar = self.alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))
         xt = abar.sqrt().to(x0.dtype) * x0 + (1.0 - abar).sqrt().to(x0.dtype) * eps
         pred = ctx.models["denoiser"](xt, t)
-        return _per_sample_mean((pred.float() - eps.float()) ** 2)
+        return per_sample_mean((pred.float() - eps.float()) ** 2)
 
     def loss(self, phase: str, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         mse = self._eps_mse(batch, ctx, "train").mean()

@@ -4,6 +4,9 @@ Model: ``tle-vaegan`` (:func:`bsynth_hpc.models.autoencoder.build_compressor`; f
 channels: 112x136x112 -> 4x28x34x28) + a 3D PatchGAN (``patchgan3d``). Losses: ``VAEGANLoss``
 with 000's weights (preset ``tle``: L1 1.0, LPIPS 0.6, KL 1e-6, adversarial 0.02), LPIPS on
 tri-planar slices (``SlicePerceptualLoss``; ``perceptual_allow_random`` is the smoke-test flag).
+Loss wiring, discriminator phase, validation (``l1``, ``psnr`` and 000's weighted ``loss``, which
+selects the best checkpoint) and the export with s_z come from the shared
+:class:`~bsynth_hpc.recipes.common.vaegan_stage.VAEGANStage`; this module adds the schedule.
 
 Schedule (000 §5.1), as a state machine shared by both engine phases:
 
@@ -19,9 +22,9 @@ How the engine expresses it: a phase's activity is ``Phase.active(step)``; the t
 are :class:`GatedPhase` whose ``active`` asks the schedule (decided once per step, identically on
 every rank: the adversarial values feeding the EMA are all-reduced over ranks in ``loss()``).
 ``updates_before`` counts the phase's real updates so per-phase LR schedules advance per update.
-
-Limitation: the schedule state (round, EMA) is not part of the engine checkpoint; a resumed run
-restarts phase 2 at a discriminator round with the round counter at 0 (documented in the README).
+The schedule's state (mode, round, steps in the mode, adversarial EMA, per-phase update counts) is
+the stage's ``state_dict()``, saved in every engine checkpoint, so a resumed run continues the
+round it was interrupted in exactly as the uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from torch import nn
 
 from ...engine.config import ScheduleConfig
 from ...engine.configtools import require
-from ...engine.stage import Batch, ExportContext, ExportSpec, OptimSpec, Phase, Stage, StepContext
+from ...engine.stage import ExportContext, OptimSpec, Phase, StepContext
+from ..common.vaegan_stage import PerceptualSettings, VAEGANStage, validate_vaegan_config
 
 VAE_FACTORY = "bsynth_hpc.models.autoencoder.model:Autoencoder3d"
 
@@ -76,9 +80,7 @@ class DiT3dVAEConfig:
 
     def validate(self, where: str) -> None:
         require(self.base_channels >= 1 and self.latent_channels >= 1, f"{where}: channels must be >= 1")
-        for name in ("recon_weight", "perceptual_weight", "kl_weight", "adv_weight"):
-            require(getattr(self, name) >= 0, f"{where}.{name} must be >= 0")
-        require(self.lr > 0 and self.disc_lr > 0, f"{where}.lr and {where}.disc_lr must be > 0")
+        validate_vaegan_config(self, where)
         require(self.phase1_steps >= 0, f"{where}.phase1_steps must be >= 0")
         require(self.disc_steps >= 1, f"{where}.disc_steps must be >= 1 (discriminator steps per round)")
         require(1 <= self.vae_min_steps <= self.vae_max_steps,
@@ -151,6 +153,21 @@ class GANSchedule:
         self.mode_at(step)
         return self.updates[phase]
 
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data (checkpoint-safe) of the decision made for the last step seen."""
+        return {"step": self.step, "mode": self.mode, "round": self.round, "in_mode": self.in_mode,
+                "ema": self.ema, "pending": list(self.pending), "updates": dict(self.updates),
+                "history": [[step, mode] for step, mode in self.history]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = None if state["step"] is None else int(state["step"])
+        self.mode = state["mode"]
+        self.round, self.in_mode = int(state["round"]), int(state["in_mode"])
+        self.ema = None if state["ema"] is None else float(state["ema"])
+        self.pending = [float(v) for v in state["pending"]]
+        self.updates = {k: int(v) for k, v in state["updates"].items()}
+        self.history = [(int(step), str(mode)) for step, mode in state["history"]]
+
 
 @dataclass(frozen=True)
 class GatedPhase(Phase):
@@ -169,6 +186,11 @@ class GatedPhase(Phase):
             return super().updates_before(step)
         return int(self.counter(self.name, step))
 
+    def total_updates(self, max_steps: int) -> int:
+        """The ungated bound (the gate decides at run time, so the real count is not known ahead);
+        asking the gate about step ``max_steps`` would advance its state machine before step 0."""
+        return max(1, super().updates_before(max_steps))
+
 
 def _global_mean(value: torch.Tensor) -> float:
     v = value.detach().float().reshape(1).clone()
@@ -180,30 +202,28 @@ def _global_mean(value: torch.Tensor) -> float:
     return float(v.item())
 
 
-class DiT3dVAEStage(Stage):
+class DiT3dVAEStage(VAEGANStage):
     """dit3d-vae: see the module docstring."""
 
     name = "dit3d-vae"
     config_class = DiT3dVAEConfig
     val_metric = "loss"
     val_mode = "min"
+    generator_phase = "vae"
+    discriminator_phase = "disc"
+    vae_factory = VAE_FACTORY
+    validation_loss = True
 
     def __init__(self, config: DiT3dVAEConfig, info: Any):
-        super().__init__(config, info)
-        from ...losses import VAEGANLoss, VAEGANWeights
-
         self.schedule = GANSchedule(config)
-        perceptual = None
-        if config.perceptual_weight > 0:
-            from ...losses import SlicePerceptualLoss
+        super().__init__(config, info)
 
-            perceptual = SlicePerceptualLoss(config.perceptual_weights, slices_per_plane=config.slices_per_plane,
-                                             allow_random=config.perceptual_allow_random)
-        weights = VAEGANWeights(recon=config.recon_weight, kl=config.kl_weight, perceptual=config.perceptual_weight,
-                                adversarial=config.adv_weight)
-        self.criterion = VAEGANLoss(weights, perceptual=perceptual, adversarial=config.adversarial)
+    def perceptual_settings(self) -> PerceptualSettings:
+        c: DiT3dVAEConfig = self.config
+        return PerceptualSettings(c.perceptual_weights, c.slices_per_plane, c.perceptual_allow_random,
+                                  "perceptual_allow_random")
 
-    # ------------------------------------------------------------------ models
+    # ------------------------------------------------------------------ models and the schedule
     def vae_kwargs(self) -> dict[str, Any]:
         from ...models.autoencoder import preset_config
 
@@ -215,94 +235,64 @@ class DiT3dVAEStage(Stage):
             overrides["channel_mult"] = tuple(c.channel_mult)
         return preset_config("tle-vaegan", **overrides).to_dict()
 
-    def build_models(self) -> dict[str, nn.Module]:
-        from ...models.autoencoder import Autoencoder3d, patchgan3d
+    def build_vae(self) -> nn.Module:
+        from ...models.autoencoder import Autoencoder3d
 
-        c: DiT3dVAEConfig = self.config
-        return {"vae": Autoencoder3d(**self.vae_kwargs()),
-                "disc": patchgan3d(channels=c.disc_channels, num_layers=c.disc_layers)}
+        return Autoencoder3d(**self.vae_kwargs())
 
-    def phases(self) -> list[Phase]:
-        c: DiT3dVAEConfig = self.config
-        s = self.schedule
-        return [
-            GatedPhase("vae", "vae", OptimSpec("adam", lr=c.lr), gate=s.active, counter=s.updates_before),
-            GatedPhase("disc", "disc", OptimSpec("adam", lr=c.disc_lr, betas=(0.5, 0.999)),
-                       start_step=c.phase1_steps, schedule=c.disc_schedule, gate=s.active,
-                       counter=s.updates_before),
-        ]
+    def build_discriminator(self) -> nn.Module:
+        from ...models.autoencoder import patchgan3d
 
-    def ema_models(self) -> tuple[str, ...]:
-        return ("vae",)
+        return patchgan3d(channels=self.config.disc_channels, num_layers=self.config.disc_layers)
 
-    def setup(self, device: torch.device) -> None:
-        self.criterion.to(device)
+    def generator_optimizer(self) -> OptimSpec:
+        return OptimSpec("adam", lr=self.config.lr)
 
-    # ------------------------------------------------------------------ losses
-    def loss(self, phase: str, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
-        x = batch["image"]
-        mode = self.schedule.mode_at(ctx.step)
-        if phase == "vae":
-            recon, posterior = ctx.models["vae"](x)
-            logits = ctx.models["disc"](recon) if mode in ("vae_adv", "final") else None
-            terms = self.criterion.generator_loss(x.float(), recon.float(), posterior,
-                                                  None if logits is None else logits.float())
-            ctx.cache["recon"] = recon.detach()
-            out = {"loss": terms.pop("total"), **terms}
-            if "adv_g" in terms:
-                adv = _global_mean(terms["adv_g"])
-                self.schedule.record_adv(adv)
-            out["gan_round"] = torch.tensor(float(self.schedule.round), device=x.device)
-            out["adv_ema"] = torch.tensor(float("nan") if self.schedule.ema is None else self.schedule.ema,
-                                          device=x.device)
-            return out
-        if phase == "disc":
-            fake = ctx.cache.get("recon")
-            if fake is None:
-                with torch.no_grad():
-                    fake = ctx.models["vae"](x, sample_posterior=False)[0]
-            real_logits = ctx.models["disc"](x)
-            fake_logits = ctx.models["disc"](fake.to(x.dtype))
-            terms = self.criterion.discriminator_loss(real_logits.float(), fake_logits.float())
-            out = {"loss": terms.pop("total"), **terms}
-            out["gan_round"] = torch.tensor(float(self.schedule.round), device=x.device)
-            return out
-        raise ValueError(f"dit3d-vae has no phase {phase!r}")
+    def discriminator_optimizer(self) -> OptimSpec:
+        return OptimSpec("adam", lr=self.config.disc_lr, betas=(0.5, 0.999))
 
-    def validation_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
-        """Per-sample L1 and 000's weighted validation loss (L1 + LPIPS + KL; the adversarial term is
-        left out because the discriminator changes between rounds)."""
-        x = batch["image"]
-        vae = ctx.models["vae"]
-        vae = getattr(vae, "module", vae)
-        posterior = vae.encode(x)
-        recon = vae.decode(posterior.mean, x.shape[2:]).float()
-        l1 = (recon - x.float()).abs().flatten(1).mean(1)
-        kl = posterior.kl().float()
-        kl = kl.flatten(1).sum(1) if kl.dim() > 1 else kl
-        w = self.criterion.weights
-        total = w.recon * l1 + w.kl * kl
-        if w.perceptual > 0 and self.criterion.perceptual is not None:
-            perc = torch.stack([self.criterion.perceptual(recon[i:i + 1], x[i:i + 1].float())
-                                for i in range(x.shape[0])])
-            total = total + w.perceptual * perc
-        return {"l1": l1, "loss": total}
+    def discriminator_timing(self) -> dict[str, int]:
+        return {"start_step": self.config.phase1_steps}
 
-    def exports(self, models: Mapping[str, nn.Module], ctx: ExportContext) -> list[ExportSpec]:
-        from ...models.autoencoder import estimate_latent_scale
+    def trains_discriminator(self) -> bool:
+        return True  # the schedule alternates whatever the adversarial weight
 
-        vae = models["vae"]
-        dtype = next(vae.parameters()).dtype
-        latents = [vae.encode_latent(b["image"].to(dtype)).float() for b in ctx.batches(8)]
-        scale = None
-        if latents:
-            try:
-                scale = float(estimate_latent_scale(latents))
-            except Exception:  # constant/untrained encoder: leave it to `bsynth encode`
-                scale = None
-            if scale is not None and not math.isfinite(scale):
-                scale = None
-        return [ExportSpec("vae", "vae", VAE_FACTORY, self.vae_kwargs(), latent_scale=scale)]
+    def make_phase(self, name: str, model: str, optimizer: OptimSpec, **kwargs: Any) -> Phase:
+        return GatedPhase(name, model, optimizer, gate=self.schedule.active, counter=self.schedule.updates_before,
+                          **kwargs)
+
+    def adversarial_on(self, ctx: StepContext) -> bool:
+        return self.schedule.mode_at(ctx.step) in ("vae_adv", "final")
+
+    def generator_extras(self, terms: Mapping[str, torch.Tensor], ctx: StepContext,
+                         device: torch.device) -> dict[str, torch.Tensor]:
+        if "adv_g" in terms:
+            self.schedule.record_adv(_global_mean(terms["adv_g"]))
+        ema = self.schedule.ema
+        return {"gan_round": torch.tensor(float(self.schedule.round), device=device),
+                "adv_ema": torch.tensor(float("nan") if ema is None else ema, device=device)}
+
+    def discriminator_extras(self, ctx: StepContext, device: torch.device) -> dict[str, torch.Tensor]:
+        return {"gan_round": torch.tensor(float(self.schedule.round), device=device)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gan_schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "gan_schedule" in state:
+            self.schedule.load_state_dict(state["gan_schedule"])
+
+    # ------------------------------------------------------------------ export
+    def latent_scale(self, vae: nn.Module, ctx: ExportContext) -> float | None:
+        """s_z over up to 8 validation batches; None (left to ``bsynth encode``) when they give none."""
+        try:
+            scale = float(self.estimate_scale(vae, [b["image"] for b in ctx.batches(8)]))
+        except Exception:  # no batches, constant/untrained encoder: leave it to `bsynth encode`
+            return None
+        return scale if math.isfinite(scale) else None
+
+    def export_sidecar(self, vae: nn.Module) -> dict[str, Any]:
+        return {"latent_scale_source": "validation split (training split without one), 8 batches max"}
 
 
 __all__ = ["DiT3dVAEConfig", "DiT3dVAEStage", "GANSchedule", "GatedPhase"]

@@ -10,7 +10,9 @@
     ``vae`` records s_z = 1 / std of the posterior means of the **training split** (§2.5.3),
     estimated at export time over ``scale_volumes`` volumes. ``allow_random_perceptual: true``
     replaces the LPIPS AlexNet trunk by a seeded random one when no weights are installed (CPU
-    demo/tests only): the log and the export sidecar (``perceptual: random-smoke``) say so.
+    demo/tests only): the log and the export sidecar (``perceptual: random-smoke``) say so. Loss
+    wiring, discriminator phase, validation and export come from the shared
+    :class:`~bsynth_hpc.recipes.common.vaegan_stage.VAEGANStage`.
 
 ``wfdm-ldm`` (stage B, §2.5.4-2.5.6)
     ``UNet3dConditional`` on the scaled latents of ``recipe.latents`` (a ``bsynth encode`` cache),
@@ -24,7 +26,6 @@
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,25 +40,13 @@ from ...engine.config import ScheduleConfig
 from ...engine.configtools import require
 from ...engine.stage import Batch, ExportContext, ExportSpec, OptimSpec, Phase, Stage, StepContext
 from ...errors import ConfigError
-
-log = logging.getLogger(__name__)
-_ANNOUNCED: set[str] = set()  # the smoke-mode warning is printed once per process
+from ..common.stage_utils import bare_module as _bare
+from ..common.vaegan_stage import PerceptualSettings, VAEGANStage, validate_vaegan_config
 
 COMPRESSORS = ("wf-sa-vae", "wf-vae", "wavelet-vae", "vae-gan")
 COMPRESSOR_FACTORY = "bsynth_hpc.models.autoencoder:build_compressor"
 DISCRIMINATOR_FACTORY = "bsynth_hpc.models.autoencoder:patchgan3d"
 UNET_FACTORY = "bsynth_hpc.models.unet3d:build_unet3d"
-
-
-def _bare(model: nn.Module) -> nn.Module:
-    """The module inside a DDP / DeepSpeed wrapper."""
-    while hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module):
-        model = model.module
-    return model
-
-
-def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
-    return x.float().flatten(1).mean(dim=1)
 
 
 # ============================================================================ stage A
@@ -94,9 +83,7 @@ class WFDMVAEConfig:
     ema: bool = True
 
     def validate(self, where: str) -> None:
-        require(self.lr > 0 and self.disc_lr > 0, f"{where}.lr and {where}.disc_lr must be > 0")
-        for name in ("recon_weight", "kl_weight", "perceptual_weight", "adv_weight"):
-            require(getattr(self, name) >= 0, f"{where}.{name} must be >= 0")
+        validate_vaegan_config(self, where)
         require(self.disc_start >= 0, f"{where}.disc_start={self.disc_start} must be >= 0 (warm-up steps)")
         require(self.disc_every >= 1, f"{where}.disc_every={self.disc_every} must be >= 1")
         require(self.perceptual_slices >= 1, f"{where}.perceptual_slices must be >= 1")
@@ -109,138 +96,67 @@ class WFDMVAEConfig:
             raise ConfigError(f"{where}.compressor_kwargs: {exc}") from exc
 
 
-class WFDMVAEStage(Stage):
+class WFDMVAEStage(VAEGANStage):
     """wfdm-vae: see the module docstring."""
 
     name = "wfdm-vae"
     config_class = WFDMVAEConfig
     val_metric = "l1"
     val_mode = "min"
+    vae_factory = COMPRESSOR_FACTORY
+    clamp_validation = True
 
-    def __init__(self, config: WFDMVAEConfig, info: Any):
-        super().__init__(config, info)
-        self._perceptual: nn.Module | None = None
-        self.perceptual_mode = "off"
-        if config.perceptual_weight > 0:
-            self._perceptual = self._build_perceptual()
-        from ...losses import VAEGANLoss, VAEGANWeights
-
-        weights = VAEGANWeights(recon=config.recon_weight, kl=config.kl_weight, perceptual=config.perceptual_weight,
-                                adversarial=config.adv_weight)
-        self.losses = VAEGANLoss(weights, perceptual=self._perceptual, adversarial=config.adversarial)
-
-    def _build_perceptual(self) -> nn.Module:
-        from ...losses import SlicePerceptualLoss
-
+    def perceptual_settings(self) -> PerceptualSettings:
         c: WFDMVAEConfig = self.config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # a random smoke trunk is the same network on every rank and every resume
-            loss = SlicePerceptualLoss(c.perceptual_weights, slices_per_plane=c.perceptual_slices,
-                                       allow_random=c.allow_random_perceptual)
-        info = getattr(loss, "weights_info", None)
-        if info is not None and getattr(info, "random", False):
-            self.perceptual_mode = "random-smoke"
-            msg = ("[wfdm-vae] perceptual loss: RANDOM AlexNet trunk (allow_random_perceptual smoke mode) - its "
-                   "values are not LPIPS; install the LPIPS weights for real training")
-            if not _ANNOUNCED:
-                log.warning(msg)
-                print(msg, flush=True)
-                _ANNOUNCED.add(msg)
-        else:
-            self.perceptual_mode = "lpips"
-        return loss
+        return PerceptualSettings(c.perceptual_weights, c.perceptual_slices, c.allow_random_perceptual,
+                                  "allow_random_perceptual")
 
-    def setup(self, device: torch.device) -> None:
-        self.losses.to(device)
-
-    # ------------------------------------------------------------------ models
-    def _compressor_kwargs(self) -> dict[str, Any]:
+    # ------------------------------------------------------------------ models and phases
+    def vae_kwargs(self) -> dict[str, Any]:
         return {"preset": self.config.compressor, **self.config.compressor_kwargs}
 
-    def build_models(self) -> dict[str, nn.Module]:
-        from ...models.autoencoder import build_compressor, patchgan3d
+    def build_vae(self) -> nn.Module:
+        from ...models.autoencoder import build_compressor
 
-        c: WFDMVAEConfig = self.config
-        return {"vae": build_compressor(c.compressor, **c.compressor_kwargs), "disc": patchgan3d(**c.discriminator)}
+        return build_compressor(self.config.compressor, **self.config.compressor_kwargs)
 
-    def phases(self) -> list[Phase]:
-        c: WFDMVAEConfig = self.config
-        phases = [Phase("generator", "vae", OptimSpec("adamw", lr=c.lr, betas=c.betas))]
-        if c.adv_weight > 0:
-            phases.append(Phase("discriminator", "disc", OptimSpec("adamw", lr=c.disc_lr, betas=c.disc_betas),
-                                start_step=c.disc_start, every=c.disc_every, schedule=c.disc_schedule))
-        return phases
+    def build_discriminator(self) -> nn.Module:
+        from ...models.autoencoder import patchgan3d
 
-    def ema_models(self) -> tuple[str, ...]:
-        return ("vae",) if self.config.ema else ()
+        return patchgan3d(**self.config.discriminator)
 
-    # ------------------------------------------------------------------ losses
-    def loss(self, phase: str, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
-        c: WFDMVAEConfig = self.config
-        x = batch["image"]
-        if phase == "generator":
-            generator = None
-            if c.sample_posterior:  # reparameterisation noise seeded by the batch's sample seeds (resume-exact)
-                seed = int((ctx.sample_seeds.detach().cpu().long() * 1000003).sum().item()) % (2 ** 62)
-                generator = torch.Generator(device=x.device).manual_seed(seed + 7919 * ctx.step)
-            recon, posterior = ctx.models["vae"](x, sample_posterior=c.sample_posterior, generator=generator)
-            adv_on = c.adv_weight > 0 and ctx.step >= c.disc_start
-            fake_logits = ctx.models["disc"](recon) if adv_on else None
-            terms = self.losses.generator_loss(x, recon, posterior, fake_logits)
-            ctx.cache["recon"] = recon.detach()
-            out = {"loss": terms.pop("total"), **terms}
-            return out
-        if phase == "discriminator":
-            fake = ctx.cache.get("recon")
-            if fake is None:
-                with torch.no_grad():
-                    fake = _bare(ctx.models["vae"]).reconstruct(x)
-            disc = ctx.models["disc"]
-            logits = disc(torch.cat([x, fake.to(x.dtype)], dim=0))
-            real_logits, fake_logits = logits.chunk(2, dim=0)
-            terms = self.losses.discriminator_loss(real_logits, fake_logits)
-            return {"loss": terms.pop("total"), **terms}
-        raise ValueError(f"wfdm-vae has no phase {phase!r}")
+    def generator_optimizer(self) -> OptimSpec:
+        return OptimSpec("adamw", lr=self.config.lr, betas=self.config.betas)
 
-    def validation_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
-        x = batch["image"]
-        recon = _bare(ctx.models["vae"]).reconstruct(x).float().clamp(0, 1)
-        diff = recon - x.float()
-        mse = _per_sample_mean(diff ** 2)
-        psnr = 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
-        return {"l1": _per_sample_mean(diff.abs()), "psnr": psnr}
+    def discriminator_optimizer(self) -> OptimSpec:
+        return OptimSpec("adamw", lr=self.config.disc_lr, betas=self.config.disc_betas)
+
+    def discriminator_timing(self) -> dict[str, int]:
+        return {"start_step": self.config.disc_start, "every": self.config.disc_every}
+
+    def adversarial_on(self, ctx: StepContext) -> bool:
+        return self.config.adv_weight > 0 and ctx.step >= self.config.disc_start
+
+    def posterior_draw(self, x: torch.Tensor, ctx: StepContext) -> tuple[bool, torch.Generator | None]:
+        if not self.config.sample_posterior:
+            return False, None
+        # reparameterisation noise seeded by the batch's sample seeds (resume-exact)
+        seed = int((ctx.sample_seeds.detach().cpu().long() * 1000003).sum().item()) % (2 ** 62)
+        return True, torch.Generator(device=x.device).manual_seed(seed + 7919 * ctx.step)
 
     # ------------------------------------------------------------------ export
-    def latent_scale(self, vae: nn.Module) -> float:
+    def latent_scale(self, vae: nn.Module, ctx: ExportContext) -> float:
         """s_z over the posterior means of the training split (§2.5.3)."""
-        from ...models.autoencoder import estimate_latent_scale
-
         ds = self.dataset(self.info.data.train_split)
         n = min(len(ds), self.config.scale_volumes)
-        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        vae = vae.to(device)
-        dtype = next(vae.parameters()).dtype
-
-        def means():
-            for i in range(n):
-                yield vae.encode_latent(ds[i]["image"][None].to(device, dtype)).float().cpu()
-
-        try:
-            return estimate_latent_scale(means())
-        finally:
-            vae.to("cpu")
-
-    def exports(self, models: Mapping[str, nn.Module], ctx: ExportContext) -> list[ExportSpec]:
-        vae = models["vae"]
-        scale = self.latent_scale(vae)
-        print(f"[wfdm-vae] latent scale s_z = {scale:.5g} (1 / std of the posterior means of "
-              f"{min(self.config.scale_volumes, len(self.dataset(self.info.data.train_split)))} training volumes)",
+        scale = self.estimate_scale(vae, (ds[i]["image"][None] for i in range(n)))
+        print(f"[wfdm-vae] latent scale s_z = {scale:.5g} (1 / std of the posterior means of {n} training volumes)",
               flush=True)
-        sidecar = {"perceptual": self.perceptual_mode, "compressor": self.config.compressor,
-                   "downsample_factor": int(vae.downsample_factor), "latent_channels": int(vae.latent_channels),
-                   "latent_scale_source": f"train split, {self.config.scale_volumes} volumes max"}
-        return [ExportSpec("vae", "vae", COMPRESSOR_FACTORY, self._compressor_kwargs(), latent_scale=scale,
-                           sidecar=sidecar)]
+        return scale
+
+    def export_sidecar(self, vae: nn.Module) -> dict[str, Any]:
+        return {"compressor": self.config.compressor,
+                "latent_scale_source": f"train split, {self.config.scale_volumes} volumes max"}
 
 
 # ============================================================================ stage B

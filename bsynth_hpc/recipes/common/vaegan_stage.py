@@ -1,0 +1,261 @@
+"""The VAE-GAN compressor stage shared by the recipes (``wfdm-vae``, ``dit3d-vae``).
+
+Both recipes train an :class:`~bsynth_hpc.models.autoencoder.Autoencoder3d` (model ``vae``)
+against a 3D PatchGAN (model ``disc``) with :class:`~bsynth_hpc.losses.VAEGANLoss`:
+L1 + KL + LPIPS on tri-planar slices (:class:`~bsynth_hpc.losses.SlicePerceptualLoss`) +
+the adversarial term, in a generator phase and a discriminator phase. This base class holds
+what is the same:
+
+* the loss wiring: the perceptual loss (a random smoke trunk, allowed by a config flag, is
+  seeded so every rank and every resume use the same network, and the log and the export
+  sidecar say ``perceptual: random-smoke``), the weights and the adversarial kind;
+* the generator phase: reconstruction, the adversarial term when :meth:`adversarial_on`, the
+  detached reconstruction left in ``ctx.cache`` for the discriminator phase;
+* the discriminator phase: one forward over ``cat(real, fake)`` (the cached reconstruction,
+  or a posterior-mean reconstruction without gradients when the generator did not update);
+* validation of the posterior-mean reconstruction: per-volume ``l1`` and ``psnr`` (clamped to
+  [0, 1] when ``clamp_validation``), and the weighted L1 + KL + LPIPS ``loss`` when
+  ``validation_loss`` (the adversarial term is left out: the discriminator keeps changing);
+* the export ``vae``: factory + kwargs, the latent scale s_z = 1 / std of posterior means, and a
+  sidecar with the perceptual mode, downsample factor and latent channels.
+
+What a recipe states (hooks): its phase names and optimizers, when the discriminator updates
+and when the adversarial term is on (WFDM: every ``disc_every`` steps after a ``disc_start``
+warm-up; seed 000: a gated two-phase schedule), how the reparameterisation noise is drawn,
+which volumes estimate s_z, its config's field names for the perceptual loss, its models.
+"""
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ...engine.configtools import require
+from ...engine.stage import Batch, ExportContext, ExportSpec, OptimSpec, Phase, Stage, StepContext
+from .stage_utils import bare_module, per_sample_mean
+
+log = logging.getLogger(__name__)
+_ANNOUNCED: set[str] = set()  # the smoke-mode warning is printed once per process
+
+__all__ = ["PerceptualSettings", "VAEGANStage", "validate_vaegan_config"]
+
+
+def validate_vaegan_config(c: Any, where: str) -> None:
+    """The checks every VAE-GAN ``recipe:`` section shares: loss weights >= 0, learning rates > 0."""
+    require(c.lr > 0 and c.disc_lr > 0, f"{where}.lr and {where}.disc_lr must be > 0")
+    for name in ("recon_weight", "kl_weight", "perceptual_weight", "adv_weight"):
+        require(getattr(c, name) >= 0, f"{where}.{name} must be >= 0")
+
+
+@dataclass(frozen=True)
+class PerceptualSettings:
+    """The LPIPS settings of a recipe config (each recipe keeps its own field names)."""
+
+    weights: str | None
+    slices_per_plane: int
+    allow_random: bool
+    allow_random_key: str
+    """The config field that allows a random trunk (named in the smoke-mode message)."""
+
+
+class VAEGANStage(Stage):
+    """Base of the VAE-GAN compressor stages (module docstring); subclasses fill in the hooks."""
+
+    generator_phase: ClassVar[str] = "generator"
+    discriminator_phase: ClassVar[str] = "discriminator"
+    vae_factory: ClassVar[str]
+    clamp_validation: ClassVar[bool] = False
+    validation_loss: ClassVar[bool] = False
+
+    def __init__(self, config: Any, info: Any):
+        super().__init__(config, info)
+        from ...losses import VAEGANLoss, VAEGANWeights
+
+        self.perceptual_mode = "off"
+        perceptual = self._build_perceptual() if config.perceptual_weight > 0 else None
+        weights = VAEGANWeights(recon=config.recon_weight, kl=config.kl_weight, perceptual=config.perceptual_weight,
+                                adversarial=config.adv_weight)
+        self.criterion = VAEGANLoss(weights, perceptual=perceptual, adversarial=config.adversarial)
+
+    # ------------------------------------------------------------------ hooks
+    @abstractmethod
+    def perceptual_settings(self) -> PerceptualSettings:
+        """The LPIPS settings of the config."""
+
+    @abstractmethod
+    def vae_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``vae_factory`` (recorded in the export)."""
+
+    @abstractmethod
+    def build_vae(self) -> nn.Module:
+        """A fresh compressor (model ``vae``)."""
+
+    @abstractmethod
+    def build_discriminator(self) -> nn.Module:
+        """A fresh discriminator (model ``disc``)."""
+
+    @abstractmethod
+    def generator_optimizer(self) -> OptimSpec:
+        """The compressor's optimizer."""
+
+    @abstractmethod
+    def discriminator_optimizer(self) -> OptimSpec:
+        """The discriminator's optimizer."""
+
+    def discriminator_timing(self) -> dict[str, int]:
+        """``start_step`` / ``every`` of the discriminator phase (default: every step)."""
+        return {}
+
+    def make_phase(self, name: str, model: str, optimizer: OptimSpec, **kwargs: Any) -> Phase:
+        """The Phase object of one optimizer (a recipe may return a gated subclass)."""
+        return Phase(name, model, optimizer, **kwargs)
+
+    def trains_discriminator(self) -> bool:
+        """Whether the discriminator phase exists (default: only with an adversarial term)."""
+        return self.config.adv_weight > 0
+
+    @abstractmethod
+    def adversarial_on(self, ctx: StepContext) -> bool:
+        """Whether the generator loss of step ``ctx.step`` includes the adversarial term."""
+
+    def posterior_draw(self, x: torch.Tensor, ctx: StepContext) -> tuple[bool, torch.Generator | None]:
+        """(sample_posterior, generator) of the generator phase; default: a reparameterised draw from
+        the global RNG (restored from the checkpoint on resume)."""
+        return True, None
+
+    def generator_extras(self, terms: Mapping[str, torch.Tensor], ctx: StepContext,
+                         device: torch.device) -> dict[str, torch.Tensor]:
+        """Further logged terms of the generator phase (``terms``: the detached loss terms)."""
+        return {}
+
+    def discriminator_extras(self, ctx: StepContext, device: torch.device) -> dict[str, torch.Tensor]:
+        """Further logged terms of the discriminator phase."""
+        return {}
+
+    @abstractmethod
+    def latent_scale(self, vae: nn.Module, ctx: ExportContext) -> float | None:
+        """s_z of the export (see :meth:`estimate_scale`); None leaves it to ``bsynth encode``."""
+
+    def export_sidecar(self, vae: nn.Module) -> dict[str, Any]:
+        """Recipe-specific sidecar fields of the export."""
+        return {}
+
+    # ------------------------------------------------------------------ losses
+    def _build_perceptual(self) -> nn.Module:
+        from ...losses import SlicePerceptualLoss
+
+        s = self.perceptual_settings()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # a random smoke trunk is the same network on every rank and every resume
+            loss = SlicePerceptualLoss(s.weights, slices_per_plane=s.slices_per_plane, allow_random=s.allow_random)
+        info = getattr(loss, "weights_info", None)
+        if info is not None and getattr(info, "random", False):
+            self.perceptual_mode = "random-smoke"
+            msg = (f"[{self.name}] perceptual loss: RANDOM AlexNet trunk ({s.allow_random_key} smoke mode) - its "
+                   "values are not LPIPS; install the LPIPS weights for real training")
+            if msg not in _ANNOUNCED:
+                log.warning(msg)
+                print(msg, flush=True)
+                _ANNOUNCED.add(msg)
+        else:
+            self.perceptual_mode = "lpips"
+        return loss
+
+    def setup(self, device: torch.device) -> None:
+        self.criterion.to(device)
+
+    # ------------------------------------------------------------------ models and phases
+    def build_models(self) -> dict[str, nn.Module]:
+        return {"vae": self.build_vae(), "disc": self.build_discriminator()}
+
+    def phases(self) -> list[Phase]:
+        phases = [self.make_phase(self.generator_phase, "vae", self.generator_optimizer())]
+        if self.trains_discriminator():
+            phases.append(self.make_phase(self.discriminator_phase, "disc", self.discriminator_optimizer(),
+                                          schedule=self.config.disc_schedule, **self.discriminator_timing()))
+        return phases
+
+    def ema_models(self) -> tuple[str, ...]:
+        return ("vae",) if getattr(self.config, "ema", True) else ()
+
+    def loss(self, phase: str, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        if phase == self.generator_phase:
+            return self.generator_loss(batch, ctx)
+        if phase == self.discriminator_phase:
+            return self.discriminator_loss(batch, ctx)
+        raise ValueError(f"{self.name} has no phase {phase!r}")
+
+    def generator_loss(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        x = batch["image"]
+        sample, generator = self.posterior_draw(x, ctx)
+        recon, posterior = ctx.models["vae"](x, sample_posterior=sample, generator=generator)
+        logits = ctx.models["disc"](recon) if self.adversarial_on(ctx) else None
+        terms = self.criterion.generator_loss(x.float(), recon.float(), posterior,
+                                              None if logits is None else logits.float())
+        ctx.cache["recon"] = recon.detach()
+        out = {"loss": terms.pop("total"), **terms}
+        out.update(self.generator_extras(terms, ctx, x.device))
+        return out
+
+    def discriminator_loss(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        x = batch["image"]
+        fake = ctx.cache.get("recon")
+        if fake is None:  # the generator phase did not run this step
+            with torch.no_grad():
+                fake = bare_module(ctx.models["vae"]).reconstruct(x)
+        logits = ctx.models["disc"](torch.cat([x, fake.to(x.dtype)], dim=0))
+        real_logits, fake_logits = logits.chunk(2, dim=0)
+        terms = self.criterion.discriminator_loss(real_logits.float(), fake_logits.float())
+        out = {"loss": terms.pop("total"), **terms}
+        out.update(self.discriminator_extras(ctx, x.device))
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Per-volume ``l1`` and ``psnr`` of the posterior-mean reconstruction (+ ``loss``, see the
+        module docstring)."""
+        x = batch["image"]
+        vae = bare_module(ctx.models["vae"])
+        posterior = vae.encode(x)
+        recon = vae.decode(posterior.mean, x.shape[2:]).float()
+        diff = (recon.clamp(0, 1) if self.clamp_validation else recon) - x.float()
+        l1 = per_sample_mean(diff.abs())
+        mse = per_sample_mean(diff ** 2)
+        out = {"l1": l1, "psnr": 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))}
+        if self.validation_loss:
+            w = self.criterion.weights
+            kl = posterior.kl().float()
+            kl = kl.flatten(1).sum(1) if kl.dim() > 1 else kl
+            total = w.recon * l1 + w.kl * kl
+            if w.perceptual > 0 and self.criterion.perceptual is not None:
+                perc = torch.stack([self.criterion.perceptual(recon[i:i + 1], x[i:i + 1].float())
+                                    for i in range(x.shape[0])])
+                total = total + w.perceptual * perc
+            out["loss"] = total
+        return out
+
+    # ------------------------------------------------------------------ export
+    @staticmethod
+    def estimate_scale(vae: nn.Module, images: Iterable[torch.Tensor]) -> float:
+        """s_z = 1 / std of the posterior means of ``images`` ((B, C, X, Y, Z) each), encoded on the GPU
+        when there is one; raises BsynthError for no, constant or non-finite latents."""
+        from ...models.autoencoder import estimate_latent_scale
+
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        vae = vae.to(device)
+        dtype = next(vae.parameters()).dtype
+        try:
+            return estimate_latent_scale(vae.encode_latent(img.to(device, dtype)).float().cpu() for img in images)
+        finally:
+            vae.to("cpu")
+
+    def exports(self, models: Mapping[str, nn.Module], ctx: ExportContext) -> list[ExportSpec]:
+        vae = models["vae"]
+        scale = self.latent_scale(vae, ctx)
+        sidecar = {"perceptual": self.perceptual_mode, "downsample_factor": int(vae.downsample_factor),
+                   "latent_channels": int(vae.latent_channels), **self.export_sidecar(vae)}
+        return [ExportSpec("vae", "vae", self.vae_factory, self.vae_kwargs(), latent_scale=scale, sidecar=sidecar)]
