@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps-rflow", type=int, default=50)
     p.add_argument("--steps-ddpm", type=int, default=1000)
     p.add_argument("--steps-ddim", type=int, default=50, help="0 skips DDIM")
+    p.add_argument("--runs-ddpm", type=int, default=None,
+                   help="timed runs of the 1000-step DDPM arm (default --runs; a CPU may afford only 1-2)")
+    p.add_argument("--warmup-ddpm", type=int, default=None, help="warm-ups of the DDPM arm (default --warmup)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-dir", default=None)
     a = p.parse_args(argv)
@@ -144,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         solvers.append(("ddim", {**ddpm, "sampling": {"solver": "ddim", "steps": a.steps_ddim}}, a.steps_ddim))
     rows = []
     for name, dcfg, steps in solvers:
-        row = bench_solver(name, dcfg, steps, vae, unet, vol, latent, device, a.warmup, a.runs)
+        ddpm_arm = name == "ddpm_ancestral"
+        warmup = a.warmup_ddpm if ddpm_arm and a.warmup_ddpm is not None else a.warmup
+        runs = a.runs_ddpm if ddpm_arm and a.runs_ddpm is not None else a.runs
+        row = bench_solver(name, dcfg, steps, vae, unet, vol, latent, device, warmup, runs)
         rows.append(row)
         print(f"[e2e] {name:15s} {steps:5d} steps: mean {row['mean_s']:.4f} s  median {row['median_s']:.4f} s  "
               f"std {row['std_s']:.4f} s  peak {row['peak_memory_mib']:.1f} MiB ({row['memory_metric']})", flush=True)
