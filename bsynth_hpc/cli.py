@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .errors import BsynthError, NotYetAvailableError
 
@@ -22,7 +22,8 @@ def cmd_demo_cohort(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     manifest = build_demo_cohort(args.out, n_subjects=args.subjects, shape=tuple(args.shape) if args.shape else None,
-                                 spacing_mm=args.spacing, seed=args.seed, workers=args.workers)
+                                 spacing_mm=args.spacing, seed=args.seed, workers=args.workers,
+                                 datasets=args.datasets)
     print(f"demo cohort: {manifest} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -44,7 +45,7 @@ def cmd_prep(args: argparse.Namespace) -> int:
         normalize=args.normalize, clip_percentiles=tuple(args.clip_percentiles), mask=mask,
         allow_outside_root=args.allow_outside_root, cluster=args.cluster, cluster_options=cluster_options,
         chunks=tuple(args.chunks) if args.chunks else None, dtype=args.dtype,
-        splits=tuple(args.splits), seed=args.seed, progress=not args.quiet,
+        splits=tuple(args.splits), seed=args.seed, progress=not args.quiet, stratify=args.stratify,
     )
     return int(result.exit_code)
 
@@ -79,19 +80,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = {  # `bsynth bench NAME [options]` -> the module whose main(argv) runs it
+    "kernels": "benchmarks.kernels.run_all",            # Triton kernels vs eager / compile / references
+    "data": "benchmarks.data_throughput",               # preprocessing (Dask) and loader throughput
+    "training": "benchmarks.training_throughput",       # single vs DDP vs ZeRO-1/2/3 (+ offload)
+    "sampling": "benchmarks.e2e_sampling",              # WFDM seconds per volume (003 Table 6 protocol)
+    "decode": "benchmarks.tiled_decode",                # whole vs tiled decode memory/time
+    "ablation": "benchmarks.compressor_ablation",       # 003 Table 3 compressors at equal steps
+    "dit3d": "benchmarks.dit3d",                        # DiT-3D window vs global, ZeRO vs DDP, DDPM vs DDIM
+}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "kernels":
-        from benchmarks.kernels.run_all import main as bench_main
-    elif args.what == "data":
-        from benchmarks.data_throughput import main as bench_main
-    elif args.what == "training":
-        from benchmarks.training_throughput import main as bench_main
-    else:
-        raise NotYetAvailableError(
-            f"`bsynth bench {args.what}` arrives with the {_LATER[args.what]} issue; "
-            "available now: `bsynth bench kernels`, `bsynth bench data`, `bsynth bench training`"
-        )
-    return int(bench_main(args.rest) or 0)
+    import importlib
+
+    return int(importlib.import_module(BENCHMARKS[args.what]).main(args.rest) or 0)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -101,110 +104,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded demo cohort, end to end on CPU: build the cohort, preprocess it
-    into a Zarr store, train the tiny WF-VAE (wfdm-vae), encode the store into a latent cache,
-    train the tiny latent diffusion model (wfdm-ldm), sample all four modalities with metadata,
-    and evaluate (``eval synth`` + ``eval recon``, random-feature smoke mode) into OUT/eval/."""
-    from data_prep.demo_cohort import build_demo_cohort
-    from data_prep.pipeline import PrepSource, run_prep
+    """The main job on the embedded demo cohort, end to end on CPU (``--recipe wfdm`` or ``dit3d``);
+    see :mod:`bsynth_hpc.demo`."""
+    from .demo import run_demo
 
-    from .data.summary import format_store_summary
-    from .engine.run import train_main
-    from .eval.cli import main as eval_main
-    from .recipes.encode import encode_store
-    from .recipes.wfdm.sampling import sample_wfdm
-
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    times: dict[str, float] = {}
-    repo = Path(__file__).resolve().parents[1]
-
-    def step(n: int, text: str) -> float:
-        print(f"\n[{n}/7] {text}", flush=True)
-        return time.perf_counter()
-
-    t = step(1, f"building the demo cohort ({args.subjects} subjects, {args.spacing:g} mm) in {out / 'cohort'}")
-    manifest = build_demo_cohort(out / "cohort", n_subjects=args.subjects, spacing_mm=args.spacing, seed=args.seed,
-                                 workers=args.workers)
-    times["cohort"] = time.perf_counter() - t
-    shape = _demo_shape(args.spacing)
-    store = out / "store.zarr"
-    t = step(2, f"preprocessing into {store} (shape {shape}, {args.spacing:g} mm, {args.workers} Dask workers)")
-    result = run_prep(PrepSource.manifest(manifest), store, shape=shape, spacing=(args.spacing,) * 3,
-                      workers=args.workers, seed=args.seed, progress=True)
-    print()
-    print(format_store_summary(store))
-    times["prep"] = time.perf_counter() - t
-    if result.exit_code:
-        print(f"\ndemo stopped: preprocessing failed (exit status {result.exit_code})")
-        return int(result.exit_code)
-
-    runs = out / "runs"
-    common = ["--store", str(store), "--resume", "auto"]
-    t = step(3, "stage A: training the tiny WF-VAE (wfdm-vae, configs/wfdm-vae_tiny.yaml)")
-    code = train_main(["wfdm-vae", "--config", str(repo / "configs" / "wfdm-vae_tiny.yaml"),
-                       "--run-dir", str(runs / "wfdm-vae"), *common])
-    times["wfdm-vae"] = time.perf_counter() - t
-    if code:
-        return code
-    latents = out / "latents.zarr"
-    t = step(4, f"encoding the store into {latents} (posterior means, scaled by s_z)")
-    encode_store(runs / "wfdm-vae", store, latents, batch_size=4)
-    times["encode"] = time.perf_counter() - t
-    t = step(5, "stage B: training the tiny latent diffusion U-Net (wfdm-ldm, configs/wfdm-ldm_tiny.yaml)")
-    code = train_main(["wfdm-ldm", "--config", str(repo / "configs" / "wfdm-ldm_tiny.yaml"),
-                       "--run-dir", str(runs / "wfdm-ldm"), *common, f"recipe.latents={latents}"])
-    times["wfdm-ldm"] = time.perf_counter() - t
-    if code:
-        return code
-    samples = out / "samples"
-    t = step(6, f"sampling T1w, T2w, T1Gd and FLAIR (age=60, sex=F, CFG 2) into {samples}")
-    sample_wfdm(runs / "wfdm-ldm", samples, n=2, modality="all", meta="age=60,sex=F", cfg=2.0, batch_size=4,
-                seed=args.seed)
-    times["sample"] = time.perf_counter() - t
-    t = step(7, f"evaluating into {out / 'eval'} (random features: smoke mode, not comparable to published numbers)")
-    codes = [
-        eval_main(["synth", "--real", str(store), "--real-split", "all", "--fake", str(samples),
-                   "--out", str(out / "eval" / "synth"), "--allow-random-features", "--pairs", "20",
-                   "--depth", "10", "--max-volumes", "24", "--device", "cpu"]),
-        eval_main(["recon", "--run", str(runs / "wfdm-vae"), "--store", str(store), "--split", "test",
-                   "--out", str(out / "eval" / "recon"), "--allow-random-features", "--per-plane", "4",
-                   "--device", "cpu"]),
-    ]
-    times["eval"] = time.perf_counter() - t
-    total = time.perf_counter() - t0
-    print("\n" + "=" * 72)
-    print(f"demo finished in {total:.1f} s  (" + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + ")")
-    print(f"  store         {store}")
-    print(f"  WF-VAE run    {runs / 'wfdm-vae'}   (export/vae.safetensors + .json with s_z)")
-    print(f"  latents       {latents}")
-    print(f"  LDM run       {runs / 'wfdm-ldm'}   (export/unet.safetensors + .json)")
-    print(f"  samples       {samples}   (NIfTI + previews/*.png + samples.csv)")
-    print(f"  evaluation    {out / 'eval'}   (synth/ and recon/: metrics.json, metrics.md, figures)")
-    print("=" * 72)
-    return max(codes) if any(codes) else 0
-
-
-def _demo_shape(spacing_mm: float) -> tuple[int, int, int]:
-    """The seed-003 field of view (192x224x160 mm) on a grid of the given spacing."""
-    return tuple(int(round(fov / spacing_mm)) for fov in (192, 224, 160))  # type: ignore[return-value]
-
-
-_LATER = {
-    "train": "training engine (#4) and the recipe issues (#6 WFDM, #7 DiT-3D)",
-    "encode": "recipe issues (#6 WFDM, #7 DiT-3D)",
-    "sample": "recipe issues (#6 WFDM, #7 DiT-3D)",
-    "eval": "evaluation (#5)",
-    "sampling": "recipe issues (#6, #7)",
-    "training": "training engine (#4)",
-}
-
-
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        raise NotYetAvailableError(f"`bsynth {name}` arrives with the {_LATER[name]} issue")
-
-    return run
+    return run_demo(args)
 
 
 def _load_yaml(path: str) -> dict:
@@ -221,13 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bsynth", description="Train and sample brain-MRI generative models at scale.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the main job end to end on the embedded demo cohort")
-    p.add_argument("--out", default=str(DEMO_DIR), help="working folder (default ./demo_run)")
-    p.add_argument("--subjects", type=int, default=16)
-    p.add_argument("--spacing", type=float, default=4.0, help="demo grid spacing in mm (4 = the whole pipeline in minutes on 2 CPU cores)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo)
+    from .demo import add_demo_parser
+
+    add_demo_parser(sub, str(DEMO_DIR))
+    sub.choices["demo"].set_defaults(func=cmd_demo)
 
     p = sub.add_parser("demo-cohort", help="write the embedded demo cohort (NIfTI + manifest.csv)")
     p.add_argument("--out", required=True)
@@ -237,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (1 = full resolution)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--datasets", nargs="+", default=None, metavar="DATASET",
+                   help="only these datasets (demo-epilepsy, demo-glioma, demo-dementia); default all three")
     p.set_defaults(func=cmd_demo_cohort)
 
     p = sub.add_parser("prep", help="ingest + preprocess volumes into a Zarr store (Dask-parallel, resumable)")
@@ -264,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--splits", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--stratify", choices=["dataset", "modalities", "label"], default=None,
+                   help="split each dataset / modality set / (dataset, label) class at the fractions "
+                        "(default: the stable per-subject hash split)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prep)
 
@@ -271,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("bench", help="benchmarks: kernels | data | sampling | training")
-    p.add_argument("what", choices=["kernels", "data", "sampling", "training"])
+    p = sub.add_parser("bench", help="benchmarks (JSON into benchmarks/results/): " + " | ".join(BENCHMARKS))
+    p.add_argument("what", choices=list(BENCHMARKS))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see its --help)")
     p.set_defaults(func=cmd_bench)
 
@@ -306,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_label", default=None, help="class label (dit3d), e.g. TLE")
     p.add_argument("--conditions", default=None, help="CSV of conditions, one row per sample (a synthetic cohort)")
     p.add_argument("--compressor-run", default=None, help="stage-A run (default: the one recorded in --run)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="decode in overlapping latent tiles of this many voxels per axis (bounds decoder memory: "
+                        "e.g. 16 for 192x224x160 on a 6 GB card; default $BSYNTH_DECODE_TILE or a whole-volume decode)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)

@@ -22,7 +22,10 @@ isotropic or anisotropic, int16 / scaled int16 / float32, qform and sform set), 
 Dataset and label follow the subject index (round robin, balanced) and acquisition protocols
 cycle over subjects (``PROTOCOLS``), so any cohort of six or more subjects holds every dataset,
 label, stored orientation, spacing and dtype; everything else is drawn from the subject's own
-seed, which is why a subject never depends on the cohort size or on ``workers``.
+seed, which is why a subject never depends on the cohort size or on ``workers``.  A cohort
+restricted to some datasets (``datasets=``, ``bsynth demo-cohort --datasets demo-epilepsy``) keeps
+the first subjects of those datasets with their indices, ids and bytes from the full cohort; five
+or more subjects of one dataset hold both its labels and every protocol.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -53,7 +56,7 @@ if TYPE_CHECKING:  # pillow is only needed by the 2D slice exporter
 __all__ = [
     "DATASETS", "DATASET_LABELS", "MANIFEST_COLUMNS", "META_FIELDS", "CATEGORIES", "BINARY_FIELDS",
     "ROI_COLUMNS", "PROTOCOLS", "build_demo_cohort", "export_brats_layout", "export_slice_folders",
-    "plan_cohort", "read_manifest", "age_group",
+    "plan_cohort", "read_manifest", "age_group", "subject_indices",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -325,10 +328,24 @@ def plan_subject(index: int, seed_seq: np.random.SeedSequence) -> SubjectPlan:
     return plan
 
 
-def plan_cohort(n_subjects: int, seed: int) -> list[SubjectPlan]:
-    """Plans for ``n_subjects`` subjects; subject i depends only on (seed, i)."""
-    children = np.random.SeedSequence(seed).spawn(n_subjects)
-    return [plan_subject(i, ss) for i, ss in enumerate(children)]
+def subject_indices(n_subjects: int, datasets: Sequence[str] | None = None) -> list[int]:
+    """Indices of the subjects of a cohort: ``0 .. n-1``, or, with ``datasets``, the first
+    ``n_subjects`` indices whose dataset (``DATASETS[i % 3]``) is one of them."""
+    if datasets is None:
+        return list(range(n_subjects))
+    wanted = [DATASETS.index(d) for d in _check_datasets(datasets) or ()]
+    return [i for i in range(n_subjects * len(DATASETS)) if i % len(DATASETS) in wanted][:n_subjects]
+
+
+def plan_cohort(n_subjects: int, seed: int, datasets: Sequence[str] | None = None) -> list[SubjectPlan]:
+    """Plans for ``n_subjects`` subjects; subject i depends only on (seed, i).
+
+    With ``datasets`` the cohort keeps the first ``n_subjects`` subjects of those datasets, under
+    their indices (and ids) in the unfiltered cohort, so each of them is byte-identical to the same
+    subject of an unfiltered build with the same seed."""
+    indices = subject_indices(n_subjects, datasets)
+    children = np.random.SeedSequence(seed).spawn(indices[-1] + 1)
+    return [plan_subject(i, children[i]) for i in indices]
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,6 +480,17 @@ def _render_session(plan: SubjectPlan, sess: SessionPlan, tpl: anat.Template,
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
+def _check_datasets(datasets: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """None (all datasets) or a non-empty tuple of known dataset names, in ``DATASETS`` order."""
+    if datasets is None:
+        return None
+    names = [datasets] if isinstance(datasets, str) else list(datasets)
+    unknown = [d for d in names if d not in DATASETS]
+    if not names or unknown:
+        raise ConfigError(f"datasets must name one or more of {', '.join(DATASETS)}, got {names!r}")
+    return tuple(d for d in DATASETS if d in names)
+
+
 def _check_args(n_subjects: int, shape: tuple[int, int, int] | None, spacing_mm: float,
                 workers: int) -> Geometry:
     if not isinstance(n_subjects, (int, np.integer)) or n_subjects < 1:
@@ -505,13 +533,17 @@ def _prepare_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_sidecars(out: Path, n_subjects: int, geom: Geometry, seed: int) -> None:
+def _write_sidecars(out: Path, n_subjects: int, geom: Geometry, seed: int,
+                    datasets: tuple[str, ...] | None = None) -> None:
     """BIDS dataset descriptions and the label-map lookup table."""
+    params: dict[str, object] = {"n_subjects": n_subjects, "seed": seed,
+                                 "shape": list(geom.shape), "spacing_mm": geom.spacing_mm}
+    if datasets is not None:
+        params["datasets"] = list(datasets)
     desc = {"Name": "bsynth demo cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw",
             "GeneratedBy": [{"Name": GENERATOR, "Description":
                              "synthetic subjects warped from MNI152 2009 (nilearn)"}],
-            "BsynthDemoCohort": {"n_subjects": n_subjects, "seed": seed,
-                                 "shape": list(geom.shape), "spacing_mm": geom.spacing_mm}}
+            "BsynthDemoCohort": params}
     (out / "dataset_description.json").write_text(json.dumps(desc, indent=2) + "\n")
     labels = out / LABEL_DIR
     labels.mkdir(parents=True, exist_ok=True)
@@ -524,18 +556,23 @@ def _write_sidecars(out: Path, n_subjects: int, geom: Geometry, seed: int) -> No
 
 def build_demo_cohort(out_dir: str | Path, n_subjects: int = 16,
                       shape: tuple[int, int, int] | None = None, spacing_mm: float = 2.0,
-                      seed: int = 0, workers: int = 1) -> Path:
+                      seed: int = 0, workers: int = 1,
+                      datasets: Sequence[str] | None = None) -> Path:
     """Build the demo cohort under ``out_dir`` and return the path of its ``manifest.csv``.
 
     ``shape`` is the scanner grid in RAS axis order at ``spacing_mm`` (default: the project's
     192x224x160 mm field of view at that spacing), centred on the brain; series stored in another
     orientation or with anisotropic voxels cover the same field of view.  Subject ``i`` depends
     only on ``(seed, i)``, so ``workers`` (a process pool) never changes the output.
+    ``datasets`` (e.g. ``["demo-epilepsy"]``) keeps ``n_subjects`` subjects of those datasets
+    only (labels still alternate, so the classes stay balanced); they keep their ids from the
+    unfiltered cohort (``sub-0001, sub-0004, ...`` for demo-epilepsy) and their bytes.
     """
     geom = _check_args(n_subjects, shape, spacing_mm, workers)
+    chosen = _check_datasets(datasets)
     out = Path(out_dir)
     _prepare_out_dir(out)
-    plans = plan_cohort(int(n_subjects), int(seed))
+    plans = plan_cohort(int(n_subjects), int(seed), chosen)
     if workers > 1 and n_subjects > 1:
         ctx = multiprocessing.get_context("spawn")   # safe even if the caller holds threads
         sp = geom.subject_spacing
@@ -546,7 +583,7 @@ def build_demo_cohort(out_dir: str | Path, n_subjects: int = 16,
                                         [geom] * len(plans)))
     else:
         per_subject = [render_subject(p, out, geom) for p in plans]
-    _write_sidecars(out, int(n_subjects), geom, int(seed))
+    _write_sidecars(out, int(n_subjects), geom, int(seed), chosen)
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from bsynth_hpc.constants import DEFAULT_SHAPE, DEFAULT_SPACING
-from bsynth_hpc.data.finalize import finalize_store
+from bsynth_hpc.data.finalize import STRATIFY_CHOICES, finalize_store
 from bsynth_hpc.data.splits import check_fractions
 from bsynth_hpc.data.store import REPORT_NAME, StoreLayout, VolumeStore
 from bsynth_hpc.errors import ConfigError, StoreError
@@ -175,16 +175,21 @@ def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[in
              allow_outside_root: bool = False, cluster: str = "local",
              cluster_options: Mapping[str, Any] | None = None, chunks: Sequence[int] | None = None,
              compressor: Mapping[str, Any] | None = None, dtype: str = "float16",
-             splits: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, progress: bool = True) -> PrepResult:
+             splits: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, progress: bool = True,
+             stratify: str | None = None) -> PrepResult:
     """Preprocess every input of ``source`` into the store ``out`` (see the module docstring).
 
     shape/spacing default to 192x224x160 at 1 mm for volumes and 256x256 for slices; chunks,
     compressor and dtype apply when the store is created (an existing store keeps its own).
+    ``stratify`` (None = stable hash split, or "dataset" | "modalities" | "label") is passed to
+    :func:`bsynth_hpc.data.finalize.finalize_store`.
     """
     t0 = time.perf_counter()
     params = resolve_params(source, shape, spacing, normalize, clip_percentiles, mask)
     check_cluster_args(cluster, workers, cluster_options)
     check_fractions(splits)
+    if stratify is not None and stratify not in STRATIFY_CHOICES:
+        raise ConfigError(f"stratify={stratify!r} is not supported: use None or one of {', '.join(STRATIFY_CHOICES)}")
     ingested = collect(source, mask_column=params.mask_column, allow_outside_root=allow_outside_root)
     layout = StoreLayout(kind=source.store_kind, shape=params.shape, spacing=params.spacing, dtype=dtype,
                          chunks=tuple(chunks) if chunks else None, compressor=compressor)
@@ -192,7 +197,8 @@ def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[in
     _check_store_params(store, params)
     parameters = {**params.as_dict(), "dtype": store.dtype, "chunks": store.info.get("chunks"),
                   "compressor": store.info.get("compressor"), "cluster": cluster, "workers": workers,
-                  "allow_outside_root": allow_outside_root, "splits": list(splits), "seed": seed}
+                  "allow_outside_root": allow_outside_root, "splits": list(splits), "seed": seed,
+                  "stratify": stratify}
 
     with store_lock(store.path):
         store.remove_staging()
@@ -213,7 +219,7 @@ def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[in
         source_info = {**source.describe(), **ingested.info}
         try:
             if store.volume_ids():
-                result.finalize = finalize_store(store, fractions=splits, seed=seed)
+                result.finalize = finalize_store(store, fractions=splits, seed=seed, stratify=stratify)
         finally:
             result.elapsed_s = time.perf_counter() - t0
             write_report(result, source_info)

@@ -263,6 +263,20 @@ def test_stratified_finalize_splits_each_modality_signature(tmp_path):
         finalize_store(store, stratify="site")
 
 
+def test_label_stratified_finalize_puts_every_class_in_every_split(tmp_path):
+    records = [{"volume_id": f"v{i}", "subject": f"s{i}", "dataset": "d", "modality": "T1w",
+                "label": "TLE" if i % 4 == 0 else "healthy"} for i in range(40)]
+    store = build_store(tmp_path / "lab.zarr", records)
+    finalize_store(store, fractions=(0.6, 0.2, 0.2), stratify="label")
+    info = VolumeStore(tmp_path / "lab.zarr").info["splits"]
+    assert info["stratify"] == "label" and info["method"] == "stratified"
+    per = {(split, lab): 0 for split in ("train", "val", "test") for lab in ("TLE", "healthy")}
+    for r in records:
+        per[(info["assignment"][f"d/{r['subject']}"], r["label"])] += 1
+    assert [per[(s, "TLE")] for s in ("train", "val", "test")] == [6, 2, 2]
+    assert [per[(s, "healthy")] for s in ("train", "val", "test")] == [18, 6, 6]
+
+
 def test_table_csv_round_trips_nested_fields(finalized):
     import pandas as pd
 

@@ -3,6 +3,7 @@ determinism and the BraTS / 2D-slice exporters, checked on a tiny coarse cohort.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -317,6 +318,43 @@ def test_same_seed_same_bytes_any_workers(cohort: tuple[Path, list[dict[str, str
     a = np.asarray(nib.load(other.parent / first["path"]).dataobj)
     b = np.asarray(nib.load(manifest.parent / first["path"]).dataobj)
     assert a.shape != b.shape or not np.array_equal(a, b)
+
+
+def test_dataset_filter_keeps_subject_identity(cohort: tuple[Path, list[dict[str, str]]],
+                                               tmp_path: Path) -> None:
+    manifest, rows = cohort
+    # the first epilepsy subjects keep their index, id and bytes from the unfiltered cohort
+    assert dc.subject_indices(3, ["demo-epilepsy"]) == [0, 3, 6]
+    assert dc.subject_indices(4, ["demo-glioma", "demo-dementia"]) == [1, 2, 4, 5]
+    assert dc.subject_indices(5) == [0, 1, 2, 3, 4]
+    epi = dc.build_demo_cohort(tmp_path / "epi", n_subjects=2, spacing_mm=SPACING, seed=SEED,
+                               datasets=["demo-epilepsy"])
+    got = _rows(epi)
+    assert {r["dataset"] for r in got} == {"demo-epilepsy"}
+    assert sorted({r["subject"] for r in got}) == ["sub-0001", "sub-0004"]
+    assert [r for r in rows if r["subject"] in ("sub-0001", "sub-0004")] == got
+    for r in got:
+        assert (epi.parent / r["path"]).read_bytes() == (manifest.parent / r["path"]).read_bytes()
+    desc = json.loads((epi.parent / "dataset_description.json").read_text())
+    assert desc["BsynthDemoCohort"]["datasets"] == ["demo-epilepsy"]
+    assert "datasets" not in json.loads(
+        (manifest.parent / "dataset_description.json").read_text())["BsynthDemoCohort"]
+    # labels alternate within a dataset and its protocols cycle through all five
+    plans = dc.plan_cohort(10, SEED, ["demo-epilepsy"])
+    assert [p.label for p in plans] == ["healthy", "TLE"] * 5
+    assert len({p.protocol for p in plans[:5]}) == len(dc.PROTOCOLS)
+    with pytest.raises(ConfigError):
+        dc.build_demo_cohort(tmp_path / "bad", n_subjects=1, datasets=["demo-stroke"])
+    with pytest.raises(ConfigError):
+        dc.build_demo_cohort(tmp_path / "bad", n_subjects=1, datasets=[])
+
+
+def test_cli_demo_cohort_datasets_option() -> None:
+    from bsynth_hpc.cli import build_parser
+
+    args = build_parser().parse_args(["demo-cohort", "--out", "x", "--datasets", "demo-epilepsy"])
+    assert args.datasets == ["demo-epilepsy"]
+    assert build_parser().parse_args(["demo-cohort", "--out", "x"]).datasets is None
 
 
 def test_explicit_shape_is_centred_on_the_brain(tmp_path: Path) -> None:

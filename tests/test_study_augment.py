@@ -13,7 +13,7 @@ import pytest
 from bsynth_hpc.data.finalize import finalize_store
 from bsynth_hpc.data.store import StoreLayout, VolumeStore
 from bsynth_hpc.study.augment import (METRICS, average_precision, binary_metrics, coronal_stack, roc_auc,
-                                      run_augment_study)
+                                      run_augment_study, stratified_pick)
 
 SHAPE = (12, 12, 12)
 CLASSES = ("healthy", "TLE")
@@ -52,6 +52,16 @@ def test_metrics_ties_and_partial():
     assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))
 
 
+def test_stratified_pick_keeps_the_pool_balance():
+    rng = np.random.default_rng(0)
+    y = [0] * 16 + [1] * 16
+    pick = stratified_pick(y, 8, rng)
+    assert len(pick) == len(set(pick.tolist())) == 8 and sum(y[i] for i in pick) == 4
+    pick = stratified_pick([0, 0, 0, 1], 3, rng)
+    assert sorted(np.asarray([0, 0, 0, 1])[pick].tolist()) in ([0, 0, 1], [0, 0, 0])
+    assert len(stratified_pick(y, 0, rng)) == 0 and len(stratified_pick(y, 32, rng)) == 32
+
+
 def test_coronal_stack_takes_centre_slices_of_axis_1():
     vol = np.zeros((4, 10, 6), dtype=np.float32)
     vol[:, :, :] = np.arange(10)[None, :, None]
@@ -69,7 +79,7 @@ def _volume(k: int, positive: bool) -> np.ndarray:
     return np.clip(v, 0, 1)
 
 
-def _make_store(path: Path, n_subjects: int = 24) -> Path:
+def _make_store(path: Path, n_subjects: int = 24, extra_modality: str | None = None) -> Path:
     store = VolumeStore.create_or_open(path, StoreLayout(kind="volume3d", shape=SHAPE, spacing=(1.0, 1.0, 1.0)))
     for k in range(n_subjects):
         subject = f"sub-{k:02d}"
@@ -78,6 +88,9 @@ def _make_store(path: Path, n_subjects: int = 24) -> Path:
                   "label": label, "source_path": f"/synthetic/{subject}.nii.gz", "source_sha256": "0" * 64,
                   "affine": np.eye(4).tolist(), "shape": list(SHAPE)}
         store.write_volume(f"smoke_{subject}_T1w", _volume(k, k % 2 == 1), record)
+        if extra_modality:   # another contrast of the same subject: never a classifier input
+            store.write_volume(f"smoke_{subject}_{extra_modality}", _volume(500 + k, k % 2 == 0),
+                               {**record, "modality": extra_modality, "modality_id": 1})
     finalize_store(store, fractions=(0.5, 0.25, 0.25), seed=0, stratify="dataset")
     return path
 
@@ -120,6 +133,23 @@ def test_study_end_to_end(tmp_path):
     assert data["eval"]["split"] in ("test", "val+test") and data["eval"]["n"] > 0
     md = (out / "metrics.md").read_text()
     assert "AUCPR" in md and "real+synthetic 1:0.5" in md
+
+
+def test_study_uses_one_modality(tmp_path):
+    store = _make_store(tmp_path / "store", n_subjects=12, extra_modality="T2w")
+    synth = _make_synthetic(tmp_path / "synth", n=4)
+    with open(synth / "samples.csv", "a", newline="", encoding="utf-8") as fh:
+        fh.write("s0.nii.gz,T2w,TLE\n")   # a T2w sample: not in the T1w pool
+    report = run_augment_study(store, synth, tmp_path / "study", classes=CLASSES, epochs=1, batch_size=4,
+                               n_slices=4, arch="tiny", seed=0)
+    from bsynth_hpc.data.dataset import VolumeDataset
+
+    t1_train = len(VolumeDataset(store, split="train", modalities=["T1w"]))
+    assert report["data"]["n_real_train"] == t1_train and report["data"]["n_synthetic_pool"] == 4
+    assert report["config"]["modality"] == "T1w" and "Adam" in report["config"]["optimizer"]
+    both = run_augment_study(store, synth, tmp_path / "study_all", classes=CLASSES, epochs=1, batch_size=4,
+                             n_slices=4, arch="tiny", seed=0, modality=None)
+    assert both["data"]["n_real_train"] == 2 * t1_train and both["data"]["n_synthetic_pool"] == 5
 
 
 def test_cli_registers_study_augment():

@@ -34,7 +34,7 @@ from .metadata import compute_metadata_stats, parse_metadata
 from .splits import DEFAULT_FRACTIONS, SPLITS, check_fractions, split_subjects, subject_key
 from .store import TABLE_NAME, VolumeStore
 
-STRATIFY_CHOICES: tuple[str, ...] = ("dataset", "modalities")
+STRATIFY_CHOICES: tuple[str, ...] = ("dataset", "modalities", "label")
 _INDEX_COLUMNS = ("volume_id", "dataset", "subject", "session", "modality", "modality_id", "label",
                   "clinical", "metadata")
 
@@ -111,6 +111,11 @@ def entry_from_record(row: Mapping[str, Any], where: str = "") -> VolumeEntry:
 def _strata(entries: Sequence[VolumeEntry], stratify: str) -> dict[str, Hashable]:
     if stratify == "dataset":
         return {e.key: e.dataset for e in entries}
+    if stratify == "label":   # each class of each dataset is cut at the fractions (a subject's first label)
+        strata: dict[str, Hashable] = {}
+        for e in entries:
+            strata.setdefault(e.key, (e.dataset, e.label or ""))
+        return strata
     sets: dict[str, set[str]] = defaultdict(set)
     for e in entries:
         sets[e.key].add(e.modality)
@@ -133,8 +138,9 @@ def finalize_store(store: VolumeStore, fractions: Sequence[float] = DEFAULT_FRAC
                    stratify: str | None = None) -> dict[str, Any]:
     """Compute splits, training metadata statistics and the label vocabulary; write table.csv.
 
-    ``stratify=None`` uses the stable hash split; "dataset" or "modalities" (the set of
-    modalities a subject has) use the stratified method of :mod:`.splits`. Returns
+    ``stratify=None`` uses the stable hash split; "dataset", "modalities" (the set of
+    modalities a subject has) or "label" (dataset and label: every class split at the fractions,
+    for classifier studies on small cohorts) use the stratified method of :mod:`.splits`. Returns
     ``{"splits", "metadata_stats", "labels", "table_csv"}`` (splits without the per-subject
     assignment, which lives in the store info).
     """

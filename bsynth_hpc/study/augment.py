@@ -1,12 +1,13 @@
 """Synthetic-augmentation classifier study (seed 000 §5.3).
 
 A 2D CNN (EfficientNet-V2-S whose first convolution takes ``n_slices`` coronal slices around the
-volume centre as channels; one sigmoid output, BCE loss) is trained under four conditions:
+volume centre as channels; one sigmoid output, BCE loss; Adam with cosine annealing and warm
+restarts, the last epoch's weights evaluated) is trained under four conditions:
 
-* ``real``: the store's train split, volumes labelled with one of ``classes``;
+* ``real``: the store's train split, volumes of ``modality`` (default T1w) labelled with one of ``classes``;
 * ``synthetic``: every synthetic volume of those classes listed in ``<synthetic>/samples.csv``;
 * ``real+synthetic 1:r`` for each r in ``ratios``: the real set plus ``round(r * n_real)``
-  synthetic volumes drawn (without replacement, with ``seed``) from the synthetic pool.
+  synthetic volumes drawn (without replacement, with ``seed``, each class its share) from the synthetic pool.
 
 Every condition is evaluated on the store's test split (the same subject-aware split as the
 generators); when the test split is tiny (fewer than 4 volumes or a class missing) val + test is
@@ -123,10 +124,15 @@ def _fit_shape(vol: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return torch.nn.functional.interpolate(t, size=tuple(shape), mode="trilinear", align_corners=False)[0, 0].numpy()
 
 
-def _load_real(store: Path, split: str, classes: Sequence[str], n_slices: int) -> tuple[list[np.ndarray], list[int], tuple[int, ...]]:
+def _load_real(store: Path, split: str, classes: Sequence[str], n_slices: int,
+               modality: str | None = "T1w") -> tuple[list[np.ndarray], list[int], tuple[int, ...]]:
     from ..data.dataset import VolumeDataset
+    from ..errors import StoreError
 
-    ds = VolumeDataset(store, split=split)
+    try:
+        ds = VolumeDataset(store, split=split, modalities=[modality] if modality else None)
+    except StoreError:  # no volume of that modality in the split
+        return [], [], tuple(VolumeDataset(store, split=None).shape)
     xs, ys = [], []
     for i, e in enumerate(ds.entries):
         if e.label in classes:
@@ -135,7 +141,8 @@ def _load_real(store: Path, split: str, classes: Sequence[str], n_slices: int) -
     return xs, ys, ds.shape
 
 
-def _load_synthetic(folder: Path, classes: Sequence[str], shape: Sequence[int], n_slices: int) -> tuple[list[np.ndarray], list[int], int]:
+def _load_synthetic(folder: Path, classes: Sequence[str], shape: Sequence[int], n_slices: int,
+                    modality: str | None = "T1w") -> tuple[list[np.ndarray], list[int], int]:
     import nibabel as nib
 
     table = folder / "samples.csv"
@@ -146,7 +153,7 @@ def _load_synthetic(folder: Path, classes: Sequence[str], shape: Sequence[int], 
     xs, ys, resampled = [], [], 0
     for row in rows:
         label = (row.get("label") or "").strip()
-        if label not in classes:
+        if label not in classes or (modality and (row.get("modality") or modality) != modality):
             continue
         path = Path(row["path"])
         path = path if path.is_absolute() else folder / path
@@ -157,7 +164,7 @@ def _load_synthetic(folder: Path, classes: Sequence[str], shape: Sequence[int], 
         xs.append(coronal_stack(_fit_shape(vol, shape), n_slices))
         ys.append(classes.index(label))
     if not xs:
-        raise InputError(f"{table} lists no volumes labelled {list(classes)}")
+        raise InputError(f"{table} lists no {modality or ''} volumes labelled {list(classes)}")
     return xs, ys, resampled
 
 
@@ -180,11 +187,18 @@ def build_classifier(arch: str, n_slices: int) -> nn.Module:
     raise ConfigError(f"unknown arch {arch!r}; expected 'efficientnet_v2_s' or 'tiny'")
 
 
+def restart_period(epochs: int) -> int:
+    """Epochs per cosine cycle of the warm-restart schedule: three cycles over the run (000 §5.3.1 names
+    the schedule, not its period)."""
+    return max(1, -(-int(epochs) // 3))
+
+
 def _train_eval(x_tr: torch.Tensor, y_tr: torch.Tensor, x_ev: torch.Tensor, arch: str, n_slices: int,
                 epochs: int, batch_size: int, lr: float, seed: int, device: torch.device) -> np.ndarray:
     torch.manual_seed(seed)
     model = build_classifier(arch, n_slices).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=restart_period(epochs))
     loss_fn = nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(seed)
     n = len(x_tr)
@@ -200,6 +214,7 @@ def _train_eval(x_tr: torch.Tensor, y_tr: torch.Tensor, x_ev: torch.Tensor, arch
             loss = loss_fn(model(xb).view(-1), yb)
             loss.backward()
             opt.step()
+        sched.step()
     model.eval()
     with torch.no_grad():
         probs = [torch.sigmoid(model(x_ev[b:b + batch_size].to(device)).view(-1)).cpu()
@@ -216,7 +231,7 @@ def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str
                       classes: Sequence[str] = ("healthy", "TLE"), ratios: Sequence[float] = (0.25, 0.5),
                       epochs: int = 30, batch_size: int = 16, n_slices: int = 16,
                       arch: str = "efficientnet_v2_s", seed: int = 0, lr: float = 1e-3,
-                      device: str | None = None) -> dict[str, Any]:
+                      device: str | None = None, modality: str | None = "T1w") -> dict[str, Any]:
     """Run the four-condition study; writes out_dir/metrics.json + metrics.md and returns the json dict."""
     classes = tuple(classes)
     if len(classes) != 2 or classes[0] == classes[1]:
@@ -228,16 +243,16 @@ def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str
     store, synthetic_dir, out = Path(store), Path(synthetic_dir), Path(out_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    x_real, y_real, shape = _load_real(store, "train", classes, n_slices)
+    x_real, y_real, shape = _load_real(store, "train", classes, n_slices, modality)
     if not x_real or len(set(y_real)) < 2:
         raise InputError(f"the train split of {store} needs volumes of both {classes} "
                          f"(found {np.bincount(y_real, minlength=2).tolist() if y_real else [0, 0]})")
-    x_syn, y_syn, n_resampled = _load_synthetic(synthetic_dir, classes, shape, n_slices)
+    x_syn, y_syn, n_resampled = _load_synthetic(synthetic_dir, classes, shape, n_slices, modality)
 
-    x_ev, y_ev, _ = _load_real(store, "test", classes, n_slices) if _has_split(store, "test") else ([], [], shape)
+    x_ev, y_ev, _ = _load_real(store, "test", classes, n_slices, modality) if _has_split(store, "test") else ([], [], shape)
     eval_split, note = "test", ""
     if len(x_ev) < 4 or len(set(y_ev)) < 2:
-        xv, yv, _ = _load_real(store, "val", classes, n_slices) if _has_split(store, "val") else ([], [], shape)
+        xv, yv, _ = _load_real(store, "val", classes, n_slices, modality) if _has_split(store, "val") else ([], [], shape)
         note = (f"test split too small ({len(x_ev)} volume(s) of {classes}, classes present {sorted(set(y_ev))}): "
                 "evaluated on val + test")
         x_ev, y_ev, eval_split = xv + x_ev, yv + y_ev, "val+test"
@@ -252,7 +267,7 @@ def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str
     for r in ratios:
         want = int(round(float(r) * len(x_real)))
         k = min(want, len(x_syn))
-        pick = rng.choice(len(x_syn), size=k, replace=False) if k else np.zeros(0, dtype=int)
+        pick = stratified_pick(y_syn, k, rng)
         conditions.append((f"real+synthetic 1:{r:g}", x_real + [x_syn[i] for i in pick],
                            y_real + [y_syn[i] for i in pick], len(x_real), k))
 
@@ -272,6 +287,8 @@ def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str
         "classes": {"negative": classes[0], "positive": classes[1]},
         "config": {"arch": arch, "epochs": epochs, "batch_size": batch_size, "n_slices": n_slices,
                    "ratios": [float(r) for r in ratios], "seed": seed, "lr": lr, "threshold": 0.5,
+                   "modality": modality or "all",
+                   "optimizer": f"Adam, cosine annealing with warm restarts (T_0 = {restart_period(epochs)} epochs)",
                    "input": f"{n_slices} coronal slices around the centre (axis {CORONAL_AXIS} of the RAS store) as channels"},
         "data": {"n_real_train": len(x_real), "n_synthetic_pool": len(x_syn),
                  "n_synthetic_resampled": int(n_resampled), "store_shape": list(shape)},
@@ -286,6 +303,20 @@ def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str
     return report
 
 
+def stratified_pick(labels: Sequence[int], k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` indices drawn without replacement, each class getting its share of the pool (largest remainder),
+    so a mixed condition keeps the synthetic pool's class balance."""
+    y = np.asarray(labels)
+    if k <= 0:
+        return np.zeros(0, dtype=int)
+    classes = np.unique(y)
+    exact = np.array([k * float((y == c).sum()) / len(y) for c in classes])
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota), kind="stable")[: k - int(quota.sum())]:
+        quota[i] += 1
+    return np.concatenate([rng.permutation(np.flatnonzero(y == c))[:q] for c, q in zip(classes, quota)])
+
+
 def _has_split(store: Path, split: str) -> bool:
     from ..data.finalize import load_index
 
@@ -297,7 +328,8 @@ def _markdown(report: dict[str, Any]) -> str:
     ev = report["eval"]
     lines = [f"# Synthetic-augmentation study ({report['classes']['positive']} vs {report['classes']['negative']})", "",
              f"arch {report['config']['arch']}, {report['config']['epochs']} epoch(s), {report['config']['n_slices']} "
-             f"coronal slices; evaluated on {ev['split']} (n = {ev['n']}, {ev['n_positive']} positive)."]
+             f"coronal slices of {report['config'].get('modality', 'all')} volumes; evaluated on {ev['split']} "
+             f"(n = {ev['n']}, {ev['n_positive']} positive)."]
     if ev["note"]:
         lines += ["", f"Note: {ev['note']}."]
     lines += ["", "| condition | n real | n synthetic | F1 | precision | recall | accuracy | AUC-ROC | AUCPR |",
@@ -314,7 +346,7 @@ def _cmd_augment(args: argparse.Namespace) -> int:
         args.store, args.synthetic, args.out, classes=tuple(c.strip() for c in args.classes.split(",")),
         ratios=tuple(float(r) for r in args.ratios.split(",") if r.strip()), epochs=args.epochs,
         batch_size=args.batch_size, n_slices=args.n_slices, arch=args.arch, seed=args.seed, lr=args.lr,
-        device=args.device)
+        device=args.device, modality=None if args.modality == "all" else args.modality)
     print(_markdown(report))
     print(f"wrote {Path(args.out) / 'metrics.json'} and metrics.md")
     return 0
@@ -335,6 +367,8 @@ def add_study_parser(subparsers: Any) -> None:
     a.add_argument("--n-slices", type=int, default=16, help="coronal slices around the centre, as channels")
     a.add_argument("--arch", default="efficientnet_v2_s", choices=("efficientnet_v2_s", "tiny"))
     a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--modality", default="T1w", help="volumes of this modality only, real and synthetic (default "
+                                                     "T1w, as 000; 'all' mixes every modality)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default=None)
     a.set_defaults(func=_cmd_augment)
