@@ -53,7 +53,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import environment_info, write_results  # noqa: E402
-from benchmarks.training_throughput import VARIANTS, child_env, keep_fastest, run_engine  # noqa: E402
+from benchmarks.training_throughput import VARIANTS, child_env, keep_fastest, print_engine_row, run_engine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LATENTS = {"4x28x34x28": (4, 28, 34, 28), "4x48x56x40": (4, 48, 56, 40)}
@@ -314,13 +314,7 @@ def _parse_latent(text: str) -> tuple[int, ...]:
 
 
 def _print_row(r: dict[str, Any], repeat: int) -> None:
-    head = f"  [{repeat}] {r['latent']:11s} {r['mode']:10s} {r['variant']:6s}"
-    if r["status"] != "ok":
-        print(f"{head} FAILED (exit {r['exit_code']}): {r['error'][-400:]}", flush=True)
-        return
-    print(f"{head} step {r['step_time_s'] * 1e3:9.1f} ms  cpu {r['cpu_s_per_step_all_ranks'] or 0:7.3f} s  "
-          f"{r['volumes_per_s']:7.2f} vol/s  peak {max(r['peak_mem_mb_per_rank']):8.1f} MB/rank  "
-          f"state {max(r['train_state_mb_per_rank'] or [0]):7.2f} MB/rank  (wall {r['wall_s']} s)", flush=True)
+    print_engine_row(r, f"  [{repeat}] {r['latent']:11s} {r['mode']:10s} {r['variant']:6s}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

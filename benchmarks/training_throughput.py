@@ -223,15 +223,19 @@ def run_planner(stage: str, store: Path, work: Path, budgets: Sequence[float], t
 
 
 # ---------------------------------------------------------------------------- main
-def _print_row(r: dict[str, Any], repeat: int) -> None:
-    head = f"  [{repeat}] {r['stage']:15s} {r['variant']:14s}"
+def print_engine_row(r: dict[str, Any], head: str) -> None:
+    """One console line for a ``run_engine`` row (shared with the DiT-3D training benchmark)."""
     if r["status"] != "ok":
-        print(f"{head} FAILED (exit {r['exit_code']})", flush=True)
+        print(f"{head} FAILED (exit {r['exit_code']}): {str(r.get('error') or '')[-400:]}", flush=True)
         return
     print(f"{head} step {r['step_time_s'] * 1e3:9.1f} ms  cpu {r['cpu_s_per_step_all_ranks'] or 0:7.3f} s  "
           f"{r['volumes_per_s']:7.2f} vol/s  peak "
           f"{max(r['peak_mem_mb_per_rank']):8.1f} MB/rank  state {max(r['train_state_mb_per_rank'] or [0]):7.3f} "
           "MB/rank", flush=True)
+
+
+def _print_row(r: dict[str, Any], repeat: int) -> None:
+    print_engine_row(r, f"  [{repeat}] {r['stage']:15s} {r['variant']:14s}")
 
 
 def _ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
