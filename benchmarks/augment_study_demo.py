@@ -98,14 +98,29 @@ def _table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def collect(demo: Path, extra: Sequence[Path] = (), load: str | None = None) -> dict[str, Any]:
+def _timing_run(spec: str, study: dict[str, Any]) -> dict[str, Any]:
+    """``DIR=NOTE``: another run of the demo (its step times, whether its study table is identical)."""
+    folder, _, note = spec.partition("=")
+    other = _read_json(Path(folder) / "demo_summary.json")
+    other_study = _read_json(Path(folder) / "study" / "metrics.json")
+    same = all(other_study["conditions"].get(k, {}).get(m) == v[m]
+               for k, v in study["conditions"].items() for m in METRICS)
+    opts = other["options"]
+    return {"command": f"bsynth demo --recipe dit3d --out {opts['out']} --arch {opts.get('arch')}", "note": note,
+            "step_seconds": other["step_seconds"], "total_seconds": other["total_seconds"],
+            "study_table_identical": same}
+
+
+def collect(demo: Path, extra: Sequence[Path] = (), load: str | None = None,
+            timing_runs: Sequence[str] = ()) -> dict[str, Any]:
     summary = _read_json(demo / "demo_summary.json")
     study = _read_json(demo / "study" / "metrics.json")
     n_test = int(study["eval"]["n"])
     pos = int(study["eval"]["n_positive"])
     result: dict[str, Any] = {
         "benchmark": "augment_study_demo",
-        "command": "bsynth demo --recipe dit3d --out " + str(summary["options"]["out"]),
+        "command": (f"bsynth demo --recipe dit3d --out {summary['options']['out']} "
+                    f"--arch {summary['options'].get('arch')}"),
         "protocol": "seed 000 §5.3 on the embedded demo cohort (demo-epilepsy healthy / TLE, T1w), CPU",
         "environment": environment_info("cpu"),
         "host_load": load,
@@ -117,6 +132,7 @@ def collect(demo: Path, extra: Sequence[Path] = (), load: str | None = None) -> 
         "extra_studies": [_read_json(p / "metrics.json") for p in extra],
         "step_seconds": summary["step_seconds"],
         "total_seconds": summary["total_seconds"],
+        "other_runs": [_timing_run(t, study) for t in timing_runs],
         "arch_note": (summary.get("study") or {}).get("note", ""),
         "caveat": CAVEAT.format(n_test=n_test, step=1.0 / max(n_test, 1),
                                 auc_step=1.0 / max(pos * (n_test - pos), 1)),
@@ -130,7 +146,8 @@ def markdown(r: dict[str, Any]) -> str:
     tr = r["training"]
     lines = ["# Synthetic-augmentation classifier study on the demo cohort (seed 000 §5.3)", "",
              f"`{r['command']}` on {env['cpu_count']} CPU cores ({env['device_name']}, torch {env['torch']}, "
-             f"Python {env['python']}, commit {env['git_commit']}){'; host load ' + r['host_load'] if r['host_load'] else ''}.",
+             f"Python {env['python']}, commit {env['git_commit']} plus the working tree at collection)"
+             f"{'; host: ' + r['host_load'] if r['host_load'] else ''}.",
              "",
              f"Cohort: {c['n_subjects']} subjects of {', '.join(c['datasets']) if isinstance(c['datasets'], list) else c['datasets']} "
              f"({', '.join(c['modalities'])}, {c['n_volumes']} volumes) at {c['spacing_mm']:g} mm, store shape "
@@ -157,9 +174,17 @@ def markdown(r: dict[str, Any]) -> str:
     for extra in r["extra_studies"]:
         lines += ["", f"## Same store and samples, `bsynth study augment --arch {extra['config']['arch']}`", ""]
         lines += _table(extra)
-    lines += ["", "## Wall time per step", "", "| step | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in r["step_seconds"].items()]
-    lines += [f"| **total** | **{r['total_seconds']:.0f}** |", "", "## Caveat", "", r["caveat"], ""]
+    runs = [("this run", r["step_seconds"], r["total_seconds"])]
+    runs += [(f"run {i + 2}", o["step_seconds"], o["total_seconds"]) for i, o in enumerate(r["other_runs"])]
+    lines += ["", "## Wall time per step (seconds)", "", "| step | " + " | ".join(n for n, _, _ in runs) + " |",
+              "|---|" + "---|" * len(runs)]
+    lines += [f"| {k} | " + " | ".join(f"{t.get(k, float('nan')):.0f}" for _, t, _ in runs) + " |"
+              for k in r["step_seconds"]]
+    lines += ["| **total** | " + " | ".join(f"**{tot:.0f}**" for _, _, tot in runs) + " |", ""]
+    for i, o in enumerate(r["other_runs"]):
+        lines.append(f"Run {i + 2}: `{o['command']}`; {o['note']}; its study table is "
+                     f"{'identical' if o['study_table_identical'] else 'different'}.")
+    lines += ["", "## Caveat", "", r["caveat"], ""]
     return "\n".join(lines)
 
 
@@ -169,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--run", action="store_true", help="run `bsynth demo --recipe dit3d` into --demo-dir first")
     p.add_argument("--extra-study", action="append", default=[], help="another study folder (metrics.json) to add")
     p.add_argument("--load", default=None, help="host load note to record (e.g. uptime's load averages)")
+    p.add_argument("--timing-run", action="append", default=[], metavar="DIR=NOTE",
+                   help="another finished demo folder whose step times are listed too (with a note)")
     p.add_argument("--out", default=str(RESULTS_DIR / "augment_study_demo"), help="output path without suffix")
     args = p.parse_args(argv)
     demo = Path(args.demo_dir)
@@ -179,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code:
             return code
     load = args.load or (" ".join(f"{v:.1f}" for v in os.getloadavg()) + " (1/5/15 min, at collection)")
-    result = collect(demo, [Path(e) for e in args.extra_study], load)
+    result = collect(demo, [Path(e) for e in args.extra_study], load, args.timing_run)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")

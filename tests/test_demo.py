@@ -99,3 +99,17 @@ def test_demo_dit3d_end_to_end(tmp_path, monkeypatch):   # ~25 s of CPU on one c
     summary = json.loads((out / demo_mod.SUMMARY_NAME).read_text())
     assert list(summary["step_seconds"]) == ["cohort", "prep", "dit3d-vae", "encode", "dit3d", "sample", "study"]
     assert summary["exit_code"] == 0 and summary["study"]["arch"] == "tiny"
+
+
+def test_demo_wfdm_end_to_end(tmp_path, monkeypatch):   # ~50 s of CPU: the README's main job, kept on CI
+    monkeypatch.setenv("BSYNTH_DISABLE_TRITON", "1")
+    out = tmp_path / "wfdm"
+    argv = ["demo", "--out", str(out), "--subjects", "6", "--spacing", "8", "--workers", "1"]
+    for stage in ("wfdm-vae", "wfdm-ldm"):
+        argv += ["--override", f"{stage}:engine.max_steps=2", "--override", f"{stage}:engine.val_every=0"]
+    assert main(argv) == 0
+    summary = json.loads((out / demo_mod.SUMMARY_NAME).read_text())
+    assert summary["recipe"] == "wfdm" and summary["options"]["subjects"] == 6
+    assert list(summary["step_seconds"]) == ["cohort", "prep", "wfdm-vae", "encode", "wfdm-ldm", "sample", "eval"]
+    assert (out / "samples" / "samples.csv").is_file()
+    assert (out / "eval" / "synth" / "metrics.json").is_file() and (out / "eval" / "recon" / "metrics.json").is_file()
