@@ -79,6 +79,21 @@ def _config_from_args(args: argparse.Namespace):  # -> RunConfig
     return config
 
 
+def _failure_kind(exc: BsynthError) -> tuple[str, int, str, bool]:
+    """(status state, exit code, console label, whether a peer was lost) of a known training error;
+    the first matching class wins, so subclasses come before BsynthError."""
+    table: tuple[tuple[type[BsynthError], str, int, str, bool], ...] = (
+        (ConfigError, "failed", EXIT_CONFIG, "configuration error: ", False),
+        (TrainingDivergedError, "diverged", EXIT_DIVERGED, "training diverged: ", False),
+        (CheckpointError, "failed", EXIT_FAILED, "checkpoint error: ", False),
+        (DistributedError, "peer_lost", EXIT_PEER_LOST, "", True),
+    )
+    for cls, state, code, label, lost_peer in table:
+        if isinstance(exc, cls):
+            return state, code, label, lost_peer
+    return "failed", EXIT_FAILED, "error: ", False
+
+
 def _write_failure(run_dir: Path | None, rank: int, state: str, code: int, message: str, lost_peer: bool) -> None:
     if run_dir is None or (rank != 0 and not lost_peer):
         return
@@ -133,26 +148,11 @@ def train_main(argv: Sequence[str] | None = None, default_stage: str | None = No
 
             print(report_measured(plan, device), flush=True)
         return code
-    except ConfigError as exc:
-        print(f"bsynth train: configuration error: {exc}", file=sys.stderr, flush=True)
-        _write_failure(run_dir, rank, "failed", EXIT_CONFIG, str(exc), False)
-        code = EXIT_CONFIG
-    except TrainingDivergedError as exc:
-        print(f"bsynth train: rank {rank}: training diverged: {exc}", file=sys.stderr, flush=True)
-        _write_failure(run_dir, rank, "diverged", EXIT_DIVERGED, str(exc), False)
-        code = EXIT_DIVERGED
-    except CheckpointError as exc:
-        print(f"bsynth train: rank {rank}: checkpoint error: {exc}", file=sys.stderr, flush=True)
-        _write_failure(run_dir, rank, "failed", EXIT_FAILED, str(exc), False)
-        code = EXIT_FAILED
-    except DistributedError as exc:
-        print(f"bsynth train: rank {rank}: {exc}", file=sys.stderr, flush=True)
-        _write_failure(run_dir, rank, "peer_lost", EXIT_PEER_LOST, str(exc), True)
-        code = EXIT_PEER_LOST
     except BsynthError as exc:
-        print(f"bsynth train: rank {rank}: error: {exc}", file=sys.stderr, flush=True)
-        _write_failure(run_dir, rank, "failed", EXIT_FAILED, str(exc), False)
-        code = EXIT_FAILED
+        state, code, label, lost_peer = _failure_kind(exc)
+        who = "" if isinstance(exc, ConfigError) else f"rank {rank}: "
+        print(f"bsynth train: {who}{label}{exc}", file=sys.stderr, flush=True)
+        _write_failure(run_dir, rank, state, code, str(exc), lost_peer)
     except Exception as exc:
         from .distributed import is_collective_failure
 
