@@ -196,7 +196,7 @@ def test_export_round_trip(reference, store):
     _, run_dir = reference
     model, meta = load_exported(run_dir, "vae")
     assert meta["name"] == "vae" and meta["stage"] == "smoke-vaegan" and meta["step"] == 6
-    assert meta["factory"] == "bsynth_hpc.recipes.smoke:build_smoke_vae" and meta["ema"] is True
+    assert meta["factory"] == "smoke-vae" and meta["ema"] is True
     assert meta["factory_kwargs"] == {"channels": 4, "latent_channels": 2, "groups": 2}
     assert meta["latent_scale"] > 0 and meta["config"]["engine"]["max_steps"] == 6
     assert {"bsynth_hpc", "torch", "safetensors"} <= set(meta["versions"])

@@ -173,10 +173,13 @@ class TinyCompressor(torch.nn.Module):
 def test_recon_of_an_exported_compressor(store, tmp_path, capsys):
     from bsynth_hpc.engine.export import export_model
 
+    from bsynth_hpc.models import register_model
+
     run_dir = tmp_path / "run"
     model = TinyCompressor()
+    register_model("test-tiny-compressor", TinyCompressor)  # a user's own network: registered in code, by name
     export_model(run_dir, "vae", model, {"stage": "test-vae"},
-                 extra={"factory": f"{__name__}:TinyCompressor", "factory_kwargs": {"factor": 2}})
+                 extra={"factory": "test-tiny-compressor", "factory_kwargs": {"factor": 2}})
     out = tmp_path / "recon_run"
     code, err = run(["eval", "recon", "--run", str(run_dir), "--store", str(store), "--split", "all",
                      "--max-volumes", "4", "--no-lpips", "--device", "cpu", "--out", str(out)], capsys)

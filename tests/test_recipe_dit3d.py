@@ -111,7 +111,7 @@ def test_vae_two_phase_schedule(pipeline):
     assert segs[-1][0] == "final" and all("loss/disc" not in r for r in segs[-1][1])
     side = json.loads((root / "vae" / "export" / "vae.json").read_text())
     assert side["latent_scale"] and side["latent_scale"] > 0
-    assert side["factory"].endswith("Autoencoder3d") and side["factory_kwargs"]["latent_channels"] == 4
+    assert side["factory"] == "autoencoder3d" and side["factory_kwargs"]["latent_channels"] == 4
 
 
 def _gan_keys(records):

@@ -3,20 +3,27 @@
 The sidecar is what a sampler or evaluator needs to rebuild the model without the training
 code path::
 
-    {"name", "stage", "factory": "module.path:callable", "factory_kwargs": {...},
+    {"name", "stage", "factory": "<registered model name>", "factory_kwargs": {...},
      "config": <the resolved run config>, "latent_scale": float | null, "step": int | null,
-     "versions": {"bsynth_hpc", "torch", "safetensors", "python"}, "num_params", "weights_sha256", "format": 1}
+     "versions": {"bsynth_hpc", "torch", "safetensors", "python"}, "num_params", "weights_sha256", "format": 2}
 
-``load_exported`` imports the factory, calls it with the kwargs and loads the weights with
-``strict=True``. Both files are written atomically; the sidecar last, so a sidecar always
-describes complete weights.
+Security: model files are shared between groups, so a sidecar is untrusted input. ``factory`` is a
+name looked up in the allow-list ``bsynth_hpc.models.MODEL_FACTORIES``, never an import path the
+loader would import and call (format-1 sidecars recorded paths; a path is accepted only when it is
+exactly a registered one). Export names must be plain file stems that stay inside RUN/export/.
+Before the real model is built, it is built on the ``meta`` device and its parameter shapes are
+compared with the safetensors header, so inflated ``factory_kwargs`` cannot allocate a huge model.
+
+``load_exported`` then builds the model and loads the weights with ``strict=True``. Both files are
+written atomically; the sidecar last, so a sidecar always describes complete weights.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
+import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +33,8 @@ from torch import nn
 from .checkpoint import write_json
 from .errors import CheckpointError
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 FACTORY_ATTR = "bsynth_factory"
 
 
@@ -53,19 +61,44 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def resolve_factory(target: str) -> Callable[..., nn.Module]:
-    """Import "module.path:callable"."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise CheckpointError(f"factory {target!r} must look like 'package.module:callable'")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise CheckpointError(f"cannot import factory {target!r}: {exc}; is the right bsynth_hpc version "
-                              "installed?") from exc
-    if not callable(fn):
-        raise CheckpointError(f"factory {target!r} is not callable")
-    return fn
+_EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_export_name(name: Any, source: str = "export name") -> str:
+    """``name`` if it is a plain file stem (letters, digits, '.', '_', '-'; no path parts), else an error."""
+    if not isinstance(name, str) or not _EXPORT_NAME.match(name) or ".." in name:
+        raise CheckpointError(f"{source} {name!r} is not a valid export name (1-64 letters, digits, '.', '_' or '-', "
+                              "no path separators): the file was edited or damaged; re-export the run")
+    return name
+
+
+def resolve_factory(name: Any, source: str = "factory") -> Callable[..., nn.Module]:
+    """The allow-listed factory ``name`` (a ``bsynth_hpc.models`` registry name).
+
+    A format-1 import path "package.module:callable" is accepted only if it is exactly the path of
+    a registered model; anything else is refused without importing it.
+    """
+    from ..models import MODEL_FACTORIES, registered_name
+    from ..models import resolve_factory as registry_lookup
+
+    key = name if isinstance(name, str) and name in MODEL_FACTORIES else None
+    if key is None and isinstance(name, str) and ":" in name:
+        key = registered_name(name)
+    if key is None:
+        raise CheckpointError(
+            f"{source} {name!r} is not a registered bsynth_hpc model, so it is not loaded (exports only build "
+            f"models from the allow-list bsynth_hpc.models.MODEL_FACTORIES: {', '.join(sorted(MODEL_FACTORIES))}); "
+            "a sidecar naming anything else was edited or comes from other software. For a network of your own, "
+            "call bsynth_hpc.models.register_model(name, factory) in your code before loading")
+    return registry_lookup(key)
+
+
+def _registry_name(factory: str) -> str:
+    """The registry name to record for ``factory`` (a name, or a registered import path)."""
+    from ..models import MODEL_FACTORIES, registered_name
+
+    resolve_factory(factory, "export factory")
+    return factory if factory in MODEL_FACTORIES else str(registered_name(factory))
 
 
 def export_model(run_dir: str | os.PathLike[str], name: str, model: nn.Module, config: dict[str, Any],
@@ -85,7 +118,8 @@ def export_model(run_dir: str | os.PathLike[str], name: str, model: nn.Module, c
             raise ValueError(f"export_model({name!r}): no factory given in extra and none recorded with set_factory")
         factory, recorded_kwargs = recorded
         kwargs = recorded_kwargs if kwargs is None else kwargs
-    resolve_factory(factory)  # fail now, not when someone loads the export
+    check_export_name(name)
+    factory = _registry_name(factory)  # fail now, not when someone loads the export
     out_dir = Path(run_dir) / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / f"{name}.safetensors"
@@ -113,31 +147,83 @@ def export_model(run_dir: str | os.PathLike[str], name: str, model: nn.Module, c
     return weights
 
 
+def read_sidecar(sidecar: Path) -> dict[str, Any]:
+    """The sidecar as a dict, with its fields checked for type and its factory on the allow-list."""
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{sidecar} is not valid JSON ({exc}): the export is damaged; re-export the run") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{sidecar} does not hold a JSON object: the export is damaged; re-export the run")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(f"{sidecar} has export format {meta.get('format')!r}, this version reads "
+                              f"{', '.join(map(str, READABLE_FORMATS))}")
+    kwargs = meta.get("factory_kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise CheckpointError(f"{sidecar}: factory_kwargs must be a JSON object; the export is damaged")
+    resolve_factory(meta.get("factory"), f"{sidecar}: factory")  # refuse a hostile sidecar before anyone reads it
+    return meta
+
+
+def _check_shapes_on_meta(factory: Callable[..., nn.Module], kwargs: dict[str, Any], weights: Path,
+                          sidecar: Path) -> None:
+    """Build the model on the meta device (no memory) and compare its tensors with the weights file's
+    header, so a sidecar whose kwargs were inflated never allocates the model it describes."""
+    from safetensors import safe_open
+
+    try:
+        with torch.device("meta"):
+            probe = factory(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{sidecar}: factory_kwargs do not build export {sidecar.stem!r} ({exc}); the export is "
+                              "damaged or from another bsynth_hpc version") from None
+    except (NotImplementedError, RuntimeError):
+        return  # a factory that cannot run on meta: the strict load below still checks every tensor
+    with safe_open(str(weights), framework="pt") as fh:
+        stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    if stored != expected:
+        diff = sorted(set(stored) ^ set(expected)) or [k for k in expected if stored.get(k) != expected[k]]
+        raise CheckpointError(f"{weights} does not fit the model that {sidecar} describes (first differences: "
+                              f"{', '.join(diff[:3])}); the sidecar was edited or damaged: re-export the run")
+
+
+def export_paths(run_dir: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """(weights, sidecar) of export ``name`` of a run, checked to lie inside RUN/export/."""
+    check_export_name(name)
+    out_dir = (Path(run_dir) / "export").resolve()
+    weights, sidecar = out_dir / f"{name}.safetensors", out_dir / f"{name}.json"
+    for path in (weights, sidecar):
+        if path.resolve().parent != out_dir:
+            raise CheckpointError(f"export {name!r}: {path} resolves outside {out_dir} (a symbolic link?); "
+                                  "exports must be plain files inside RUN/export/")
+    return weights, sidecar
+
+
 def load_exported(run_dir: str | os.PathLike[str], name: str, device: str | torch.device = "cpu"
                   ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild export ``name`` of a run: (model in eval mode on ``device``, sidecar dict)."""
-    import json
-
     from safetensors.torch import load_file
 
     out_dir = Path(run_dir) / "export"
-    weights, sidecar = out_dir / f"{name}.safetensors", out_dir / f"{name}.json"
+    weights, sidecar = export_paths(run_dir, name)
     if not sidecar.is_file() or not weights.is_file():
         have = sorted(p.stem for p in out_dir.glob("*.json")) if out_dir.is_dir() else []
         raise CheckpointError(f"no export {name!r} in {out_dir} (exports there: {', '.join(have) or 'none'}); "
                               "exports are written when training finishes")
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    if int(meta.get("format", 0)) != FORMAT:
-        raise CheckpointError(f"{sidecar} has export format {meta.get('format')}, this version reads {FORMAT}")
+    meta = read_sidecar(sidecar)
+    factory = resolve_factory(meta.get("factory"), f"{sidecar}: factory")
     expected = meta.get("weights_sha256")
     if expected and _sha256(weights) != expected:
         raise CheckpointError(f"{weights} does not match the checksum in {sidecar}: the file is damaged or was "
                               "replaced; re-export it")
-    model = resolve_factory(meta["factory"])(**meta.get("factory_kwargs", {}))
+    kwargs = dict(meta.get("factory_kwargs", {}))
+    _check_shapes_on_meta(factory, kwargs, weights, sidecar)
+    model = factory(**kwargs)
     state = load_file(str(weights), device="cpu")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"weights in {weights} do not fit {meta['factory']}(**{meta.get('factory_kwargs')}): "
-                              f"{exc}") from exc
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise CheckpointError(f"weights in {weights} do not fit {meta['factory']}(**{kwargs}): {first}") from None
     return model.to(device).eval(), meta

@@ -320,7 +320,7 @@ class SmokeVAEGANStage(Stage):
             std = torch.cat([z.flatten() for z in latents]).std().item()
             scale = 1.0 / std if std > 0 and math.isfinite(std) else None
         kwargs = {"channels": c.channels, "latent_channels": c.latent_channels, "groups": c.groups}
-        return [ExportSpec("vae", "vae", "bsynth_hpc.recipes.smoke:build_smoke_vae", kwargs, latent_scale=scale)]
+        return [ExportSpec("vae", "vae", "smoke-vae", kwargs, latent_scale=scale)]
 
 
 class SmokeDenoiserStage(Stage):
@@ -369,7 +369,7 @@ class SmokeDenoiserStage(Stage):
     def exports(self, models: Mapping[str, nn.Module], ctx: ExportContext) -> list[ExportSpec]:
         c: SmokeDenoiserConfig = self.config
         kwargs = {"channels": c.channels, "time_dim": c.time_dim, "groups": c.groups}
-        return [ExportSpec("denoiser", "denoiser", "bsynth_hpc.recipes.smoke:build_smoke_denoiser", kwargs)]
+        return [ExportSpec("denoiser", "denoiser", "smoke-denoiser", kwargs)]
 
 
 __all__ = ["SmokeVAE", "SmokePatchDiscriminator", "SmokeDenoiser", "build_smoke_vae", "build_smoke_discriminator",

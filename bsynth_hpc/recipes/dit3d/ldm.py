@@ -19,7 +19,6 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,7 +31,7 @@ from ...engine.configtools import require
 from ...engine.stage import Batch, ExportContext, ExportSpec, OptimSpec, Phase, Stage, StepContext
 from ...errors import ConfigError
 
-DIT_FACTORY = "bsynth_hpc.models.dit3d:build_dit3d"
+DIT_FACTORY = "dit3d"  # registry name (bsynth_hpc.models)
 
 
 @dataclass
@@ -181,16 +180,22 @@ def load_dit_info(run_dir: str | Path) -> dict[str, Any]:
     """What sampling needs besides the weights: classes, diffusion config, compressor run, affine.
 
     Read from the export sidecar's resolved config (recipe section) and the latent cache it names."""
+    from ...engine.export import read_sidecar
+
     sidecar = Path(run_dir) / "export" / "dit.json"
     if not sidecar.is_file():
         raise ConfigError(f"{sidecar} not found: train the dit3d stage to completion first (it exports 'dit')")
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    meta = read_sidecar(sidecar)
     recipe = dict(meta.get("config", {}).get("recipe", {}))
     cfg = DiT3dStageConfig(**{k: v for k, v in recipe.items() if k != "diffusion"})
     cfg.diffusion = DiffusionConfig.from_dict(recipe.get("diffusion") or {})
     cache = cache_info(cfg.latents) if cfg.latents and Path(cfg.latents).exists() else {}
     kwargs = meta.get("factory_kwargs", {})
-    latent_shape = [int(kwargs["in_channels"]), *map(int, kwargs["input_size"])]
+    try:
+        latent_shape = [int(kwargs["in_channels"]), *map(int, kwargs["input_size"])]
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{sidecar}: factory_kwargs lack in_channels/input_size; the export is damaged or not "
+                          "a dit3d export") from None
     out = {"classes": list(cfg.classes), "diffusion": cfg.diffusion, "latent_shape": latent_shape,
            "latent_scale": meta.get("latent_scale") or cache.get("scale_factor"),
            "compressor_run": cfg.compressor_run or cache.get("compressor_run"),

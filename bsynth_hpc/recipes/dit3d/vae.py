@@ -40,7 +40,7 @@ from ...engine.configtools import require
 from ...engine.stage import ExportContext, OptimSpec, Phase, StepContext
 from ..common.vaegan_stage import PerceptualSettings, VAEGANStage, validate_vaegan_config
 
-VAE_FACTORY = "bsynth_hpc.models.autoencoder.model:Autoencoder3d"
+VAE_FACTORY = "autoencoder3d"  # registry name (bsynth_hpc.models)
 
 Mode = Literal["vae", "disc", "vae_adv", "final"]
 

@@ -44,9 +44,9 @@ from ..common.stage_utils import bare_module as _bare
 from ..common.vaegan_stage import PerceptualSettings, VAEGANStage, validate_vaegan_config
 
 COMPRESSORS = ("wf-sa-vae", "wf-vae", "wavelet-vae", "vae-gan")
-COMPRESSOR_FACTORY = "bsynth_hpc.models.autoencoder:build_compressor"
-DISCRIMINATOR_FACTORY = "bsynth_hpc.models.autoencoder:patchgan3d"
-UNET_FACTORY = "bsynth_hpc.models.unet3d:build_unet3d"
+COMPRESSOR_FACTORY = "compressor"  # registry names (bsynth_hpc.models)
+DISCRIMINATOR_FACTORY = "patchgan3d"
+UNET_FACTORY = "unet3d"
 
 
 # ============================================================================ stage A
