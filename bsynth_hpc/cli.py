@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .argtypes import device_name, existing_file, float_at_least, int_at_least, output_folder, tile_size
 from .errors import BsynthError, NotYetAvailableError
 
 DEMO_DIR = Path("demo_run")
@@ -195,29 +196,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="latent cache to write, e.g. latents.zarr (resumable)")
     p.add_argument("--name", default=None, help="export name in RUN/export (default: the only one, or 'vae')")
     p.add_argument("--split", default=None, choices=["train", "val", "test"], help="encode one split (default all)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=1)
+    p.add_argument("--device", type=device_name, default=None, help="auto | cpu | cuda | cuda:N (default: cuda when "
+                                                                    "available)")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("sample", help="sample volumes from a trained recipe (NIfTI + PNG previews)")
     p.add_argument("recipe", choices=sorted(SAMPLERS), help="which recipe's sampler")
     p.add_argument("--run", required=True, help="the denoiser's run directory")
-    p.add_argument("--out", required=True, help="output folder for NIfTI volumes and previews")
-    p.add_argument("--n", type=int, default=4, help="volumes per condition")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's config)")
+    p.add_argument("--out", required=True, type=output_folder, help="output folder for NIfTI volumes and previews")
+    p.add_argument("--n", type=int_at_least(1, "volumes per condition"), default=4, help="volumes per condition")
+    p.add_argument("--steps", type=int_at_least(1), default=None, help="sampling steps (default: the run's config)")
     p.add_argument("--solver", choices=["euler", "ddpm", "ddim"], default=None, help="default: the run's config")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--cfg", type=float_at_least(0.0, "0 = unconditional, 1 = conditional, >1 = guided"), default=None,
+                   help="classifier-free guidance scale (>= 0)")
     p.add_argument("--modality", default=None, help="target modality (wfdm): T1w, T2w, T1Gd or FLAIR")
     p.add_argument("--meta", default=None, help="metadata for wfdm, e.g. age=56,sex=M,stroke=yes")
     p.add_argument("--class", dest="class_label", default=None, help="class label (dit3d), e.g. TLE")
-    p.add_argument("--conditions", default=None, help="CSV of conditions, one row per sample (a synthetic cohort)")
+    p.add_argument("--conditions", type=existing_file, default=None,
+                   help="CSV of conditions, one row per sample (a synthetic cohort)")
     p.add_argument("--compressor-run", default=None, help="stage-A run (default: the one recorded in --run)")
-    p.add_argument("--tile", type=int, default=None,
+    p.add_argument("--tile", type=tile_size, default=None,
                    help="decode in overlapping latent tiles of this many voxels per axis (bounds decoder memory: "
                         "e.g. 16 for 192x224x160 on a 6 GB card; default $BSYNTH_DECODE_TILE or a whole-volume decode)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int_at_least(1), default=1)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--device", type=device_name, default=None, help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_sample)
 
     from .study.augment import add_study_parser

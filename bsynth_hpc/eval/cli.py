@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..argtypes import device_name, int_at_least, output_folder
 from ..errors import ConfigError
 
 DEPTHS = (10, 18, 34, 50)
@@ -20,10 +21,10 @@ def _log(msg: str) -> None:
     print(f"[eval] {msg}", file=sys.stderr, flush=True)
 
 
-def _device(name: str) -> str:
+def _device(name: str | None) -> str:
     import torch
 
-    if name == "auto":
+    if name in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} asked for CUDA, but torch sees no GPU: use --device cpu")
@@ -54,16 +55,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="smoke tests: use random-initialised networks where no weights are found (every output "
                         "then says so)")
     r = p.add_argument_group("run")
-    r.add_argument("--out", required=True, help="output folder for metrics.json, metrics.md and the figures")
+    r.add_argument("--out", required=True, type=output_folder,
+                   help="output folder for metrics.json, metrics.md and the figures")
     r.add_argument("--modality", nargs="+", default=None, help="only these modalities")
-    r.add_argument("--max-volumes", type=int, default=None, help="evaluate a seeded random subset of this size")
+    r.add_argument("--max-volumes", type=int_at_least(1), default=None, help="evaluate a seeded random subset of this size")
     r.add_argument("--fit-shape", choices=["refuse", "crop-pad"], default="refuse",
                    help="NIfTI volumes of another shape: refuse (default) or center-crop/zero-pad")
     r.add_argument("--rescale", choices=["none", "minmax"], default="none",
                    help="intensities outside [0, 1]: refuse (none) or min-max scale each volume")
     r.add_argument("--seed", type=int, default=0, help="seed of pair sampling and subsets (recorded)")
-    r.add_argument("--batch-size", type=int, default=1, help="volumes per MedicalNet batch")
-    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    r.add_argument("--batch-size", type=int_at_least(1), default=1, help="volumes per MedicalNet batch")
+    r.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N")
 
 
 def add_eval_parser(sub: Any) -> None:
@@ -79,13 +81,13 @@ def add_eval_parser(sub: Any) -> None:
     s.add_argument("--real-split", default="test", help="split of a real store (default test; 'all' for every volume)")
     s.add_argument("--fake", required=True, help="generated volumes: a NIfTI folder (bsynth sample) or a Zarr store")
     s.add_argument("--weights", default=None, help="MedicalNet checkpoint (released .pth format or a state dict)")
-    s.add_argument("--pairs", type=int, default=1000, help="K random pairs per group for MS-SSIM (default 1000)")
+    s.add_argument("--pairs", type=int_at_least(1), default=1000, help="K random pairs per group for MS-SSIM (default 1000)")
     s.add_argument("--no-real-pairs", action="store_true", help="skip the real-real MS-SSIM reference")
     s.add_argument("--mmd-ratios", type=_floats, default=None,
                    help="sigma bank as multiples of the median heuristic (default 0.125,...,8)")
     s.add_argument("--mmd-sigmas", type=_floats, default=None, help="explicit kernel bandwidths (overrides ratios)")
     s.add_argument("--mmd-weights", type=_floats, default=None, help="kernel weights (default uniform)")
-    s.add_argument("--grid", type=int, default=4, help="real and generated samples per figure row")
+    s.add_argument("--grid", type=int_at_least(1), default=4, help="real and generated samples per figure row")
     _add_common(s)
     s.set_defaults(func=cmd_eval_synth)
 
@@ -104,8 +106,8 @@ def add_eval_parser(sub: Any) -> None:
     r.add_argument("--lpips-weights", default=None, help="torchvision AlexNet state dict (alexnet-owt-7be5be79.pth)")
     r.add_argument("--lpips-sha256", default=None)
     r.add_argument("--no-lpips", action="store_true", help="skip LPIPS (the outputs then say it was not computed)")
-    r.add_argument("--per-plane", type=int, default=32, help="tri-planar slices per plane (seed 002: 32)")
-    r.add_argument("--examples", type=int, default=1, help="figures per modality")
+    r.add_argument("--per-plane", type=int_at_least(1), default=32, help="tri-planar slices per plane (seed 002: 32)")
+    r.add_argument("--examples", type=int_at_least(0), default=1, help="figures per modality")
     _add_common(r)
     r.set_defaults(func=cmd_eval_recon)
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..argtypes import device_name, float_at_least, int_at_least, output_folder
 from ..errors import ConfigError, InputError
 
 METRICS = ("f1", "precision", "recall", "accuracy", "auc_roc", "aucpr")
@@ -359,16 +360,16 @@ def add_study_parser(subparsers: Any) -> None:
     a = ss.add_parser("augment", help="classifier trained on real / synthetic / real+synthetic (seed 000 §5.3)")
     a.add_argument("--store", required=True, help="finalized labelled store (its subject-aware splits are used)")
     a.add_argument("--synthetic", required=True, help="folder with samples.csv (path, label) + NIfTI")
-    a.add_argument("--out", required=True, help="output folder (metrics.json, metrics.md)")
+    a.add_argument("--out", required=True, type=output_folder, help="output folder (metrics.json, metrics.md)")
     a.add_argument("--classes", default="healthy,TLE", help="negative,positive labels (default healthy,TLE)")
     a.add_argument("--ratios", default="0.25,0.5", help="synthetic:real ratios of the mixed conditions")
-    a.add_argument("--epochs", type=int, default=30)
-    a.add_argument("--batch-size", type=int, default=16)
-    a.add_argument("--n-slices", type=int, default=16, help="coronal slices around the centre, as channels")
+    a.add_argument("--epochs", type=int_at_least(1), default=30)
+    a.add_argument("--batch-size", type=int_at_least(1), default=16)
+    a.add_argument("--n-slices", type=int_at_least(1), default=16, help="coronal slices around the centre, as channels")
     a.add_argument("--arch", default="efficientnet_v2_s", choices=("efficientnet_v2_s", "tiny"))
-    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--lr", type=float_at_least(1e-12, "a positive learning rate"), default=1e-3)
     a.add_argument("--modality", default="T1w", help="volumes of this modality only, real and synthetic (default "
                                                      "T1w, as 000; 'all' mixes every modality)")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--device", default=None)
+    a.add_argument("--device", type=device_name, default=None, help="auto | cpu | cuda | cuda:N")
     a.set_defaults(func=_cmd_augment)

@@ -18,6 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ...errors import ConfigError
+
 __all__ = ["write_samples", "write_nifti", "write_preview", "triplanar", "write_samples_csv", "store_affine",
            "decode_latents", "decode_tile_from_env"]
 
@@ -32,9 +34,9 @@ def decode_tile_from_env() -> int | None:
     try:
         tile = int(raw)
     except ValueError:
-        raise ValueError(f"BSYNTH_DECODE_TILE={raw!r}: expected an integer number of latent voxels, e.g. 16") from None
+        raise ConfigError(f"BSYNTH_DECODE_TILE={raw!r}: expected an integer number of latent voxels, e.g. 16") from None
     if tile < 2:
-        raise ValueError(f"BSYNTH_DECODE_TILE={raw!r}: a tile needs at least 2 latent voxels per axis")
+        raise ConfigError(f"BSYNTH_DECODE_TILE={raw!r}: a tile needs at least 2 latent voxels per axis")
     return tile
 
 
@@ -46,7 +48,7 @@ def decode_latents(vae: Any, z: Any, volume_shape: Sequence[int] | None, tile: i
     if not tile:
         return vae.decode(z, volume_shape)
     if int(tile) < 2:
-        raise ValueError(f"--tile {tile}: a tile needs at least 2 latent voxels per axis")
+        raise ConfigError(f"--tile {tile}: a tile needs at least 2 latent voxels per axis")
     ov = max(1, int(tile) // 4) if overlap is None else int(overlap)
     return vae.decode_tiled(z, tile=int(tile), overlap=ov, output_shape=volume_shape)
 

@@ -126,6 +126,9 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
     from ...engine.export import load_exported
     from ..common.outputs import decode_latents, decode_tile_from_env, write_samples, write_samples_csv
 
+    if int(batch_size) < 1 or n < 1 or (steps is not None and steps < 1) or (cfg is not None and cfg < 0):
+        raise ConfigError(f"sample_wfdm: batch_size={batch_size} and n={n} must be >= 1, steps={steps} >= 1, "
+                          f"cfg={cfg} >= 0")
     dev = _device(device)
     unet, meta_b = load_exported(run, "unet", dev)
     comp_run = compressor_run or meta_b.get("compressor_run")
@@ -159,7 +162,7 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
     paths: list[Path] = []
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    bs = max(1, int(batch_size))
+    bs = int(batch_size)
     for start in range(0, len(conds), bs):
         chunk = conds[start:start + bs]
         b = len(chunk)

@@ -1,0 +1,96 @@
+"""Fault injection on the command line (issue #11, item 7's LOW list): every bad argument exits 2
+with one line naming the option and the fix, before any model, store or GPU is touched, and
+nothing is written."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bsynth_hpc.cli import main
+from bsynth_hpc.errors import ConfigError
+from bsynth_hpc.recipes.common.outputs import decode_latents, decode_tile_from_env
+
+
+def _refused(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.fixture()
+def sample_args(tmp_path):
+    return ["sample", "wfdm", "--run", tmp_path / "no-run", "--out", tmp_path / "out"]
+
+
+@pytest.mark.parametrize("extra, option, hint", [
+    (["--tile", "1"], "--tile", ">= 2"),
+    (["--tile", "-3"], "--tile", ">= 2"),
+    (["--tile", "0"], "--tile", ">= 2"),
+    (["--tile", "x"], "--tile", "not an integer"),
+    (["--batch-size", "0"], "--batch-size", ">= 1"),
+    (["--steps", "0"], "--steps", ">= 1"),
+    (["--n", "0"], "--n", ">= 1"),
+    (["--cfg", "-3"], "--cfg", ">= 0"),
+    (["--cfg", "nan"], "--cfg", "finite"),
+    (["--seed", "-1"], "--seed", ">= 0"),
+    (["--device", "gpu7"], "--device", "cpu, cuda or cuda:N"),
+])
+def test_sample_ranges_are_checked_before_anything_runs(sample_args, tmp_path, capsys, extra, option, hint):
+    line = _refused(sample_args + extra, capsys)
+    assert option in line and hint in line, line
+    assert not (tmp_path / "out").exists()  # nothing written (--steps 0 used to leave an empty folder)
+
+
+def test_conditions_file_missing_or_a_folder(sample_args, tmp_path, capsys):
+    line = _refused(sample_args + ["--conditions", tmp_path / "missing.csv"], capsys)
+    assert "--conditions" in line and "missing.csv not found" in line
+    line = _refused(sample_args + ["--conditions", tmp_path], capsys)
+    assert "is a folder, not a file" in line
+
+
+def test_out_pointing_at_a_file(tmp_path, capsys):
+    f = tmp_path / "a-file"
+    f.write_text("keep me")
+    line = _refused(["sample", "dit3d", "--run", tmp_path, "--out", f], capsys)
+    assert "--out" in line and "is an existing file" in line
+    assert f.read_text() == "keep me"
+    line = _refused(["eval", "recon", "--compressor", "dwt1", "--store", tmp_path, "--out", f], capsys)
+    assert "--out" in line and "is an existing file" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU refusal")
+@pytest.mark.parametrize("argv", [
+    ["sample", "wfdm", "--run", "r", "--out", "o", "--device", "cuda"],
+    ["encode", "--run", "r", "--store", "s", "--out", "o", "--device", "cuda:1"],
+    ["eval", "recon", "--compressor", "dwt1", "--store", "s", "--out", "o", "--device", "cuda"],
+    ["study", "augment", "--store", "s", "--synthetic", "x", "--out", "o", "--device", "cuda"],
+])
+def test_cuda_without_a_gpu_is_refused_up_front(argv, capsys):
+    line = _refused(argv, capsys)
+    assert "--device" in line and "no usable CUDA GPU" in line and "--device cpu" in line
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["encode", "--run", "r", "--store", "s", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    (["eval", "recon", "--compressor", "dwt1", "--store", "s", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    (["eval", "recon", "--compressor", "dwt1", "--store", "s", "--out", "o", "--max-volumes", "0"], "--max-volumes"),
+    (["eval", "synth", "--real", "s", "--fake", "f", "--out", "o", "--pairs", "0"], "--pairs"),
+    (["study", "augment", "--store", "s", "--synthetic", "x", "--out", "o", "--epochs", "0"], "--epochs"),
+    (["study", "augment", "--store", "s", "--synthetic", "x", "--out", "o", "--lr", "-1"], "--lr"),
+])
+def test_other_commands_check_their_ranges(argv, option, capsys):
+    assert option in _refused(argv, capsys)
+
+
+def test_decode_tile_from_the_environment_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("BSYNTH_DECODE_TILE", "sixteen")
+    with pytest.raises(ConfigError, match="BSYNTH_DECODE_TILE='sixteen'"):
+        decode_tile_from_env()
+    monkeypatch.setenv("BSYNTH_DECODE_TILE", "1")
+    with pytest.raises(ConfigError, match="at least 2"):
+        decode_tile_from_env()
+    with pytest.raises(ConfigError, match="--tile 1"):
+        decode_latents(None, torch.zeros(1), None, tile=1)
