@@ -176,7 +176,7 @@ def run_wfdm(args: argparse.Namespace) -> int:
     samples = demo.out / "samples"
     with demo.step("sample", f"sampling T1w, T2w, T1Gd and FLAIR (age=60, sex=F, CFG 2) into {samples}"):
         sample_wfdm(runs / "wfdm-ldm", samples, n=2, modality="all", meta="age=60,sex=F", cfg=2.0, batch_size=4,
-                    seed=args.seed)
+                    seed=args.seed, overwrite=True)  # a demo rerun rewrites its own samples
     evaluation = demo.out / "eval"
     with demo.step("eval", f"evaluating into {evaluation} (random features: smoke mode, not comparable to "
                            "published numbers)"):

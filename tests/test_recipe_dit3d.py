@@ -255,3 +255,112 @@ def test_dit3d_zero2_two_ranks_under_the_deepspeed_launcher(pipeline, tmp_path):
     rec = [r for r in metrics(run_dir) if "loss/dit" in r]
     assert len(rec) == 1 and math.isfinite(rec[0]["loss/dit"])
     assert (run_dir / "export" / "dit.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------- issue #12: silent wrong results
+def _sample_args(run: Path, out: Path, **over) -> Namespace:
+    base = dict(run=str(run), out=str(out), n=1, steps=2, modality=None, meta=None, conditions=None,
+                compressor_run=None, batch_size=2, seed=0, device="cpu", class_label=None, cfg=1.0, solver="ddim",
+                overwrite=False)
+    return Namespace(**{**base, **over})
+
+
+def _mixed_store(path: Path) -> Path:
+    """T1w and T2w volumes of the same subjects (the T2w ones inverted, as CSF is bright in T2w)."""
+    store = VolumeStore.create_or_open(path, StoreLayout(kind="volume3d", shape=SHAPE, spacing=(2.0, 2.0, 2.0)))
+    for k in range(8):
+        s = f"sub-{k:02d}"
+        for mod, mid in (("T1w", 0), ("T2w", 1)):
+            v = volume(k, SHAPE)
+            rec = {"subject": s, "session": None, "dataset": "smoke", "modality": mod, "modality_id": mid,
+                   "label": "TLE" if k % 2 else "healthy", "affine": AFFINE.tolist(), "shape": list(SHAPE)}
+            store.write_volume(f"smoke_{s}_{mod}", v if mod == "T1w" else 1.0 - v, rec)
+    finalize_store(store, fractions=(0.75, 0.25, 0.0), seed=0, stratify="dataset")
+    return path
+
+
+def test_dit3d_trains_on_one_contrast_and_labels_samples_with_it(pipeline, tmp_path):
+    """Repro of #12.1: `bsynth encode` encoded every contrast and DiT-3D trained on all of them while every sample
+    was labelled T1w."""
+    from bsynth_hpc.data.latent_cache import LatentCache
+    from bsynth_hpc.errors import ConfigError
+    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+    from bsynth_hpc.recipes.encode import encode_store
+
+    root = pipeline[0]
+    store = _mixed_store(tmp_path / "mixed.zarr")
+    default = LatentCache(encode_store(root / "vae", store, tmp_path / "t1.zarr"), mode="r")
+    assert default.n == 8 and default.info["modalities"] == ["T1w"]  # the compressor's data.modalities
+    mixed = encode_store(root / "vae", store, tmp_path / "all.zarr", modalities=["all"])
+    assert LatentCache(mixed, mode="r").n == 16
+    cfg = tiny_config("dit3d_tiny.yaml", tmp_path / "dit.yaml", {"latents": str(mixed)}, {"max_steps": 2})
+    from bsynth_hpc.recipes.dit3d.ldm import DiT3dStage, DiT3dStageConfig
+
+    with pytest.raises(ConfigError, match="holds latents of T1w, T2w"):  # refused when the stage is built
+        DiT3dStage(DiT3dStageConfig(latents=str(mixed)), None)
+    assert train_main(["dit3d", "--config", str(cfg), "--store", str(store), "--run-dir", str(tmp_path / "dit"),
+                       "recipe.modalities=[T2w]"]) == 0
+    side = json.loads((tmp_path / "dit" / "export" / "dit.json").read_text())
+    assert side["modalities"] == ["T2w"]
+    assert sample_from_args(_sample_args(tmp_path / "dit", tmp_path / "s")) == 0
+    with open(tmp_path / "s" / "samples.csv", newline="") as fh:
+        assert {r["modality"] for r in csv.DictReader(fh)} == {"T2w"}
+
+
+def test_sampling_never_overwrites_and_continues_the_seeds(pipeline, tmp_path):
+    """Repro of #12.3: a second call into the same --out rewrote sample 0 with seed 0 again."""
+    import nibabel as nib
+
+    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+
+    root, out = pipeline[0], tmp_path / "synth"
+    assert sample_from_args(_sample_args(root / "dit", out)) == 0
+    first = {p.name: np.asarray(nib.load(p).dataobj) for p in out.glob("*.nii.gz")}
+    assert sample_from_args(_sample_args(root / "dit", out)) == 0
+    with open(out / "samples.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and len({r["path"] for r in rows}) == 4 and len({r["seed"] for r in rows}) == 2
+    for name, data in first.items():  # the earlier files are untouched
+        assert np.array_equal(np.asarray(nib.load(out / name).dataobj), data)
+    assert sample_from_args(_sample_args(root / "dit", out, overwrite=True)) == 0
+    with open(out / "samples.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 4  # same names rewritten, nothing added
+    for name, data in first.items():  # same seeds -> the same volumes
+        np.testing.assert_allclose(np.asarray(nib.load(out / name).dataobj), data, atol=1e-5)
+
+
+def test_a_retrained_compressor_invalidates_its_latents(pipeline, tmp_path):
+    """Repro of #12.2: after more compressor training, `bsynth encode` said "already written, skipped" with the old
+    s_z, and sampling decoded with the new decoder."""
+    import shutil
+
+    import torch
+
+    from bsynth_hpc.engine.export import export_model, load_exported
+    from bsynth_hpc.errors import ConfigError, StoreError
+    from bsynth_hpc.recipes.dit3d.ldm import DiT3dStage, DiT3dStageConfig
+    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+    from bsynth_hpc.recipes.encode import encode_store
+
+    root, store = pipeline[0], pipeline[1]
+    vae_run = tmp_path / "vae"
+    shutil.copytree(root / "vae" / "export", vae_run / "export")
+    cache = encode_store(vae_run, store, tmp_path / "lat.zarr")
+    model, meta = load_exported(vae_run, "vae")
+    with torch.no_grad():  # "retrain": other weights, exported as training would
+        next(model.parameters()).add_(0.01)
+    export_model(vae_run, "vae", model, meta["config"], extra={
+        "factory": meta["factory"], "factory_kwargs": meta["factory_kwargs"], "latent_scale": meta["latent_scale"]})
+    with pytest.raises(StoreError, match="stale"):
+        encode_store(vae_run, store, cache)
+    with pytest.raises(ConfigError, match="retrained since"):
+        DiT3dStage(DiT3dStageConfig(latents=str(cache)), None)
+    with pytest.raises(ConfigError, match="decoding would give wrong volumes"):
+        sample_from_args(_sample_args(root / "dit", tmp_path / "s", compressor_run=str(vae_run)))
+    assert not (tmp_path / "s").exists()
+    encode_store(vae_run, store, cache, reencode=True)
+    from bsynth_hpc.data.latent_cache import LatentCache
+
+    assert LatentCache(cache, mode="r").info["compressor_sha256"] == json.loads(
+        (vae_run / "export" / "vae.json").read_text())["weights_sha256"]
+    DiT3dStage(DiT3dStageConfig(latents=str(cache)), None)  # current again

@@ -287,12 +287,13 @@ class LatentDataset(Dataset[dict[str, Any]]):
 
     Item: latent (float tensor, latent_shape), modality_id, label (int, -1 unlabelled),
     metadata/metadata_mask (float32[25]), clinical/clinical_mask (float32[7]), volume_id,
-    split ("" when not recorded), index (position in the cache). Raises StoreError when
-    samples are unwritten, unless ``allow_partial=True`` (then only written samples appear).
+    split ("" when not recorded), index (position in the cache). ``modality_ids`` keeps only
+    those modalities. Raises StoreError when samples are unwritten, unless ``allow_partial=True``
+    (then only written samples appear).
     """
 
     def __init__(self, path: str | os.PathLike[str], split: str | None = None, allow_partial: bool = False,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, modality_ids: Sequence[int] | None = None):
         check_split(split)
         if not Path(path).exists():
             raise StoreError(f"latent cache {path} does not exist: create it with `bsynth encode --out {path}`")
@@ -312,6 +313,9 @@ class LatentDataset(Dataset[dict[str, Any]]):
         if split is not None:
             s0, _ = CONDITIONS_LAYOUT["split"]
             keep &= conditions[:, s0] == SPLIT_CODES[split]
+        if modality_ids is not None:
+            m0, _ = CONDITIONS_LAYOUT["modality_id"]
+            keep &= np.isin(conditions[:, m0].astype(np.int64), np.asarray(list(modality_ids), dtype=np.int64))
         self.indices: np.ndarray = np.flatnonzero(keep)
         self._conditions = conditions[self.indices]
         self._volume_ids = [volume_ids[i] for i in self.indices]

@@ -15,13 +15,19 @@ Shared by every latent-diffusion recipe (WFDM, DiT-3D)::
   rerun with the same --out encodes only the unflagged samples.
 * The cache attributes also carry what the sampler needs later: the compressor run, the store's
   RAS affine and volume shape, and the store's metadata z-score statistics.
+* Only the modalities the compressor was trained on are encoded (its run's ``data.modalities``;
+  ``--modality`` overrides, ``all`` for every volume), and the cache records them.
+* The cache records the compressor's weights SHA-256: resuming into a cache that other weights
+  encoded (the compressor was retrained) is refused; ``--reencode`` rebuilds it. Denoisers record
+  the hash and sampling refuses a compressor of other weights (``common/provenance.py``).
 """
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -64,10 +70,29 @@ def _device(requested: str | None, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def encoding_modalities(requested: Sequence[str] | None, compressor_meta: dict[str, Any]) -> list[str] | None:
+    """The modalities to encode: ``requested`` ("all" = every one), else those the compressor was trained on
+    (its run's ``data.modalities``), else every modality of the store (None)."""
+    if requested:
+        return None if list(requested) == ["all"] else list(requested)
+    trained = ((compressor_meta.get("config") or {}).get("data") or {}).get("modalities")
+    return list(trained) if trained else None
+
+
+def _remove_cache(out: Path) -> None:
+    """Delete a latent cache for --reencode (only something that is one: never another folder)."""
+    from ..data.latent_cache import LatentCache
+
+    LatentCache(out, mode="r")  # raises StoreError when ``out`` is not a latent cache
+    shutil.rmtree(out)
+
+
 def encode_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str], out: str | os.PathLike[str],
                  name: str | None = None, split: str | None = None, batch_size: int = 1,
-                 device: str | None = None, dtype: str = "float16") -> Path:
-    """Encode ``store`` (one split or all) into the latent cache ``out``; returns ``out``."""
+                 device: str | None = None, dtype: str = "float16", modalities: Sequence[str] | None = None,
+                 reencode: bool = False) -> Path:
+    """Encode ``store`` (one split or all, the compressor's modalities unless ``modalities``) into the
+    latent cache ``out``; returns ``out``. ``reencode`` replaces an existing cache at ``out``."""
     from ..data.dataset import VolumeDataset
     from ..data.latent_cache import LatentCache
     from ..engine.export import load_exported
@@ -82,16 +107,31 @@ def encode_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str],
     if not hasattr(model, "encode_latent"):
         raise ConfigError(f"export {name!r} of {run_dir} ({meta.get('factory')}) is not a compressor: it has no "
                           "encode_latent(); pass the stage-A run and its compressor export")
-    ds = VolumeDataset(store, split=split, modalities=None)
+    from .common.provenance import check_cache_matches_export
+
+    mods = encoding_modalities(modalities, meta)
+    ds = VolumeDataset(store, split=split, modalities=mods)
+    if reencode and world > 1:
+        raise ConfigError("--reencode replaces the cache: run it with one process, then resume with several")
+    if reencode and Path(out).exists():
+        _log(f"--reencode: removing the old latent cache {out}")
+        _remove_cache(Path(out))
     latent_shape = tuple(int(s) for s in model.latent_shape(ds.shape))
     scale = meta.get("latent_scale")
     extra: dict[str, Any] = {
         "compressor_run": str(Path(run_dir).resolve()), "compressor_export": name,
         "compressor_factory": meta.get("factory"), "volume_shape": list(ds.shape),
         "affine": store_affine(store).tolist(), "metadata_stats": {k: dict(v) for k, v in ds.metadata_stats.items()},
-        "label_names": list(ds.label_names), "encoded_split": split,
+        "label_names": list(ds.label_names), "encoded_split": split, "modalities": mods,
+        "compressor_sha256": meta.get("weights_sha256"),
         "scale_source": "export (training split)" if scale is not None else "cache",
     }
+    if (Path(out) / "zarr.json").exists():
+        old = LatentCache(out, mode="r").info
+        check_cache_matches_export(out, old, meta.get("weights_sha256"), run_dir, name)
+        if old.get("modalities", mods) != mods:
+            raise ConfigError(f"{out} holds latents of modalities {old.get('modalities') or 'all'}, this call encodes "
+                              f"{mods or 'all'}: use a new --out, or --reencode")
     cache = LatentCache.create(out, n=len(ds), latent_shape=latent_shape, scale_factor=scale,
                                source_store=str(Path(store).resolve()), dtype=dtype, **extra)
     pending = [i for i in cache.pending() if i % world == rank]
@@ -125,5 +165,6 @@ def encode_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str],
 def encode_from_args(args: Any) -> int:
     """Entry point of `bsynth encode` (see bsynth_hpc/cli.py)."""
     encode_store(args.run, args.store, args.out, name=getattr(args, "name", None), split=getattr(args, "split", None),
-                 batch_size=int(getattr(args, "batch_size", 1) or 1), device=getattr(args, "device", None))
+                 batch_size=int(getattr(args, "batch_size", 1) or 1), device=getattr(args, "device", None),
+                 modalities=getattr(args, "modality", None), reencode=bool(getattr(args, "reencode", False)))
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,6 +22,7 @@ import numpy as np
 from ...errors import ConfigError
 
 __all__ = ["write_samples", "write_nifti", "write_preview", "triplanar", "write_samples_csv", "store_affine",
+           "read_samples_csv", "continue_numbering",
            "decode_latents", "decode_tile_from_env"]
 
 SAMPLES_CSV = "samples.csv"
@@ -139,6 +141,38 @@ def write_samples(volumes: Any, affine: Any, out_dir: str | os.PathLike[str], na
         if previews:
             write_preview(arr, out / "previews" / f"{name}.png")
     return paths
+
+
+def read_samples_csv(out_dir: str | os.PathLike[str], name: str = SAMPLES_CSV) -> list[dict[str, str]]:
+    """The rows of out_dir/samples.csv ([] when there is none)."""
+    path = Path(out_dir) / name
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def continue_numbering(out_dir: str | os.PathLike[str], start: int, overwrite: bool, prefix: str,
+                       log: Any = print) -> int:
+    """The first sample number of a sampling call into ``out_dir``.
+
+    Samples are numbered (and seeded) from ``start``; when the folder already holds samples whose
+    file names begin with ``prefix`` (from samples.csv or on disk) and ``overwrite`` is false, the
+    numbering continues after the highest one, so "more samples" are new samples with new seeds,
+    never the same seeds written over the earlier files."""
+    if overwrite:
+        return start
+    out = Path(out_dir)
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)")
+    names = [r.get("path", "") for r in read_samples_csv(out)]
+    names += [p.name for p in out.glob(f"{prefix}*.nii.gz")] if out.is_dir() else []
+    numbers = [int(m.group(1)) for m in map(pattern.match, names) if m]
+    if not numbers or max(numbers) < start:
+        return start
+    nxt = max(numbers) + 1
+    log(f"{out} already holds samples {prefix}{min(numbers):04d}..{max(numbers):04d}: new samples continue at "
+        f"{nxt} (new seeds); pass --overwrite to write over them from --seed {start}")
+    return nxt
 
 
 def write_samples_csv(out_dir: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]],

@@ -14,8 +14,12 @@
   per-sample seeds (reproducible whatever the launch layout).
 * Objective: ``recipe.diffusion`` (``DiffusionConfig``; default DDPM, linear β 1e-4 -> 2e-2,
   T = 1000, ε-prediction, MSE), Adam at a fixed 1e-4 (000 §5.2).
-* Export ``dit``: the model factory + kwargs, ``extra`` via the sidecar config: the diffusion
-  config, the class names and the compressor run (``dit_info.json`` next to the export).
+* Contrast: DiT-3D conditions on the class only, so it trains on one contrast:
+  ``recipe.modalities`` (default: those the cache was encoded with; a cache holding several
+  modalities and no ``recipe.modalities`` is refused), recorded in the export for the samples.
+* Export ``dit``: the model factory + kwargs; the sidecar (RUN/export/dit.json) holds the resolved
+  config (diffusion config, class names, compressor run), the modalities and the compressor's
+  weights SHA-256 (sampling refuses other compressor weights).
 """
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ from torch import nn
 from ...diffusion import DiffusionConfig, build_objective, build_process
 from ...engine.configtools import require
 from ...engine.stage import Batch, ExportContext, ExportSpec, OptimSpec, Phase, Stage, StepContext
+from ...constants import MODALITIES, MODALITY_IDS
 from ...errors import ConfigError
+from ..common.provenance import check_cache_is_current
 
 DIT_FACTORY = "dit3d"  # registry name (bsynth_hpc.models)
 
@@ -42,6 +48,8 @@ class DiT3dStageConfig:
     classes: tuple[str, ...] = ("healthy", "TLE")
     class_balanced: bool = True
     compressor_run: str | None = None
+    modalities: tuple[str, ...] | None = None
+    """Contrasts to train on (default: the cache's; several in one cache must be chosen explicitly)."""
     preset: str = "dit3d-tle"
     depth: int = 12
     hidden_size: int = 384
@@ -62,6 +70,8 @@ class DiT3dStageConfig:
         require(len(self.classes) >= 1 and len(set(self.classes)) == len(self.classes),
                 f"{where}.classes must be distinct label names, got {list(self.classes)}")
         require(self.lr > 0, f"{where}.lr must be > 0")
+        bad = [m for m in (self.modalities or ()) if m not in MODALITY_IDS]
+        require(not bad, f"{where}.modalities {bad} are not modalities; use {', '.join(MODALITY_IDS)}")
         self.diffusion.validate(f"{where}.diffusion")
 
 
@@ -93,6 +103,8 @@ class DiT3dStage(Stage):
             raise ConfigError(f"recipe.classes {missing} are not labels of {config.latents} (its store's labels: "
                               f"{vocab or 'none'}); set recipe.classes to labels the store has")
         self.label_names = vocab
+        check_cache_is_current(config.latents, meta)
+        self.modalities = training_modalities(config, meta)
         if not config.compressor_run and meta.get("compressor_run"):
             config.compressor_run = str(meta["compressor_run"])  # recorded in RUN/config.yaml and the export
         lookup = torch.full((max(len(vocab), 1) + 1,), -1, dtype=torch.long)  # last entry: unlabelled (-1)
@@ -129,7 +141,8 @@ class DiT3dStage(Stage):
     def dataset(self, split: str | None):  # type: ignore[override]
         from ...data.latent_cache import LatentDataset
 
-        return LatentDataset(self.config.latents, split=split)
+        return LatentDataset(self.config.latents, split=split,
+                             modality_ids=[MODALITY_IDS[m] for m in self.modalities])
 
     def class_ids(self, store_labels: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Store label ids -> class index in ``recipe.classes`` (-1 for other labels / unlabelled)."""
@@ -173,7 +186,28 @@ class DiT3dStage(Stage):
     def exports(self, models: Mapping[str, nn.Module], ctx: ExportContext) -> list[ExportSpec]:
         # latent_scale: the s_z the model was trained at (sampling divides by it before decoding)
         return [ExportSpec("dit", "dit", DIT_FACTORY, self.model_kwargs(),
-                           latent_scale=self.cache_meta.get("scale_factor"))]
+                           latent_scale=self.cache_meta.get("scale_factor"),
+                           sidecar={"modalities": list(self.modalities),
+                                    "compressor_sha256": self.cache_meta.get("compressor_sha256")})]
+
+
+def training_modalities(config: DiT3dStageConfig, cache_meta: Mapping[str, Any]) -> list[str]:
+    """The contrasts the dit3d stage trains on: ``recipe.modalities``, else the single one in the cache."""
+    from ...data.latent_cache import LatentDataset
+
+    present = sorted({MODALITIES[i] for i in LatentDataset(config.latents, allow_partial=True).modality_ids},
+                     key=MODALITY_IDS.get)
+    if config.modalities:
+        missing = [m for m in config.modalities if m not in present]
+        if missing:
+            raise ConfigError(f"recipe.modalities {missing} are not in {config.latents} (it holds {present})")
+        return list(config.modalities)
+    if len(present) > 1:
+        raise ConfigError(f"{config.latents} holds latents of {', '.join(present)}, and DiT-3D conditions on the class "
+                          "only, so it would mix contrasts and every sample would have an unknown one: set "
+                          f"recipe.modalities=[{present[0]}] or encode one contrast (`bsynth encode --modality "
+                          f"{present[0]}`)")
+    return present
 
 
 def load_dit_info(run_dir: str | Path) -> dict[str, Any]:
@@ -200,7 +234,9 @@ def load_dit_info(run_dir: str | Path) -> dict[str, Any]:
            "latent_scale": meta.get("latent_scale") or cache.get("scale_factor"),
            "compressor_run": cfg.compressor_run or cache.get("compressor_run"),
            "compressor_export": cache.get("compressor_export", "vae"),
-           "volume_shape": cache.get("volume_shape"), "affine": cache.get("affine"), "sidecar": meta}
+           "volume_shape": cache.get("volume_shape"), "affine": cache.get("affine"), "sidecar": meta,
+           "modalities": list(meta.get("modalities") or cfg.modalities or ["T1w"]),
+           "compressor_sha256": meta.get("compressor_sha256") or cache.get("compressor_sha256")}
     return out
 
 

@@ -8,7 +8,7 @@
 Defaults (solver, steps, guidance) come from the run's ``recipe.diffusion.sampling``. Latents are
 drawn at the trained scale ``s_z`` and divided by it before decoding with the compressor export
 (``--compressor-run`` or the run recorded at training). Volumes keep the store's RAS affine and
-shape; ``samples.csv`` lists path, modality (T1w), label, class id, seed, guidance, solver, steps,
+shape; ``samples.csv`` lists path, modality (the contrast the model trained on), label, class id, seed, guidance, solver, steps,
 so ``bsynth eval synth`` reads the folder as a labelled synthetic cohort.
 """
 from __future__ import annotations
@@ -65,7 +65,9 @@ def _affine_and_shape(info: dict[str, Any], vae_meta: dict[str, Any]) -> tuple[n
 def sample_from_args(args: Any) -> int:
     from ...diffusion import sample
     from ...engine.export import load_exported
-    from ..common.outputs import decode_latents, decode_tile_from_env, write_samples, write_samples_csv
+    from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, write_samples,
+                                  write_samples_csv)
+    from ..common.provenance import check_decoder_matches
     from .ldm import load_dit_info
 
     t0 = time.perf_counter()
@@ -85,6 +87,8 @@ def sample_from_args(args: Any) -> int:
                           "dit3d-vae run whose latents trained this model)")
     model, _ = load_exported(args.run, "dit", device)
     vae, vae_meta = load_exported(compressor_run, info.get("compressor_export") or "vae", device)
+    check_decoder_matches(info, f"{args.run}/export/dit", vae_meta, compressor_run)
+    modality = "+".join(info["modalities"])
     s_z = info.get("latent_scale") or vae_meta.get("latent_scale") or 1.0
     affine, volume_shape = _affine_and_shape(info, vae_meta)
     process_cfg = dcfg
@@ -101,12 +105,12 @@ def sample_from_args(args: Any) -> int:
     out_dir = Path(args.out)
     bs = max(1, int(getattr(args, "batch_size", 1) or 1))
     rows: list[dict[str, Any]] = []
-    existing = len(list(out_dir.glob("dit3d_*.nii.gz"))) if out_dir.is_dir() else 0
+    existing = continue_numbering(out_dir, 0, bool(getattr(args, "overwrite", False)), "dit3d_", _log)
     _log(f"{len(labels)} volume(s) {sorted(set(labels))} with {solver} x {steps} steps, guidance {scale}, on {device}")
     with torch.inference_mode():
         for start in range(0, len(labels), bs):
             chunk = labels[start:start + bs]
-            seed = int(args.seed) * 1_000_003 + start
+            seed = int(args.seed) * 1_000_003 + existing + start
             gen = torch.Generator(device="cpu").manual_seed(seed)
             y = torch.tensor([classes.index(c) for c in chunk], dtype=torch.long, device=device)
             x_init = torch.randn((len(chunk), *latent_shape), generator=gen).to(device)
@@ -119,7 +123,7 @@ def sample_from_args(args: Any) -> int:
             names = [f"dit3d_{existing + start + i:04d}_{c}" for i, c in enumerate(chunk)]
             write_samples([v[0] for v in vol], affine, out_dir, names)
             for i, (name, c) in enumerate(zip(names, chunk)):
-                rows.append({"path": f"{name}.nii.gz", "modality": "T1w", "label": c, "class_id": classes.index(c),
+                rows.append({"path": f"{name}.nii.gz", "modality": modality, "label": c, "class_id": classes.index(c),
                              "seed": seed, "index_in_batch": i, "guidance": scale, "solver": solver, "steps": steps,
                              "run": str(Path(args.run).resolve())})
     write_samples_csv(out_dir, rows)

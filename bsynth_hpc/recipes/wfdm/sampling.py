@@ -120,11 +120,14 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
                 modality: str | None = None, meta: str | None = None, conditions: str | None = None,
                 label: str | None = None, steps: int | None = None, solver: str | None = None,
                 cfg: float | None = None, compressor_run: str | None = None, batch_size: int = 1, seed: int = 0,
-                device: str | None = None, tile: int | None = None, trajectory: int = 0) -> list[Path]:
+                device: str | None = None, tile: int | None = None, trajectory: int = 0,
+                overwrite: bool = False) -> list[Path]:
     """Sample volumes from a wfdm-ldm run (see the module docstring); returns the NIfTI paths."""
     from ...diffusion import DiffusionConfig, build_process, sample
     from ...engine.export import load_exported
-    from ..common.outputs import decode_latents, decode_tile_from_env, write_samples, write_samples_csv
+    from ..common.provenance import check_decoder_matches
+    from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, write_samples,
+                                  write_samples_csv)
 
     if int(batch_size) < 1 or n < 1 or (steps is not None and steps < 1) or (cfg is not None and cfg < 0):
         raise ConfigError(f"sample_wfdm: batch_size={batch_size} and n={n} must be >= 1, steps={steps} >= 1, "
@@ -135,6 +138,7 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
     if not comp_run:
         raise ConfigError(f"{run}/export/unet.json records no compressor run: pass --compressor-run RUN_A")
     vae, meta_a = load_exported(comp_run, meta_b.get("compressor_export") or "vae", dev)
+    check_decoder_matches(meta_b, f"{run}/export/unet", meta_a, comp_run)
     scale = meta_b.get("latent_scale") or meta_a.get("latent_scale")
     if not scale:
         raise ConfigError(f"no latent scale s_z in {run}/export/unet.json nor {comp_run}/export: re-encode the "
@@ -152,7 +156,12 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
     volume_shape = tuple(int(s) for s in meta_b.get("volume_shape") or [s * vae.downsample_factor
                                                                        for s in latent_shape[1:]])
     affine = np.asarray(meta_b.get("affine") or np.eye(4), dtype=np.float64)
+    seed = continue_numbering(out, seed, overwrite, "sample-", _log)
     conds = build_conditions(modality, meta, conditions, n, seed, meta_b.get("metadata_stats"), label)
+    clash = [c["seed"] for c in conds if not overwrite and any(Path(out).glob(f"sample-{c['seed']:04d}_*.nii.gz"))]
+    if clash:
+        raise ConfigError(f"{out} already holds samples with seeds {clash[:5]} (seeds from --conditions): pass "
+                          "--overwrite to replace them, or another --out")
     tile = tile or decode_tile_from_env()
     _log(f"{len(conds)} volume(s) {volume_shape} from {run} (latents {latent_shape}, s_z={scale:.5g}) with "
          f"{kwargs.get('solver')} x {kwargs.get('steps') or 'default'} steps, CFG scale {guidance:g}, decoder "
@@ -203,5 +212,5 @@ def sample_from_args(args: Any) -> int:
                 conditions=args.conditions, label=getattr(args, "class_label", None), steps=args.steps,
                 solver=args.solver, cfg=args.cfg, compressor_run=args.compressor_run,
                 batch_size=int(args.batch_size or 1), seed=int(args.seed or 0), device=args.device,
-                tile=getattr(args, "tile", None))
+                tile=getattr(args, "tile", None), overwrite=bool(getattr(args, "overwrite", False)))
     return 0

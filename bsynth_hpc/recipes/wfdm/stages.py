@@ -40,6 +40,7 @@ from ...engine.config import ScheduleConfig
 from ...engine.configtools import require
 from ...engine.stage import Batch, ExportContext, ExportSpec, OptimSpec, Phase, Stage, StepContext
 from ...errors import ConfigError
+from ..common.provenance import check_cache_is_current
 from ..common.stage_utils import bare_module as _bare
 from ..common.vaegan_stage import PerceptualSettings, VAEGANStage, validate_vaegan_config
 
@@ -212,6 +213,7 @@ class WFDMLDMStage(Stage):
             raise ConfigError(f"recipe.latents={config.latents!r} does not exist: run `bsynth encode --run RUN_A "
                               f"--store STORE --out {config.latents}` first")
         self.cache_info = LatentCache(config.latents, mode="r").info
+        check_cache_is_current(config.latents, self.cache_info)
         self.process = build_process(config.diffusion)
         self.objective = build_objective(config.diffusion, self.process)
 
@@ -290,6 +292,7 @@ class WFDMLDMStage(Stage):
         sidecar = {
             "recipe": "wfdm", "compressor_run": None if compressor is None else str(Path(compressor).resolve()),
             "compressor_export": info.get("compressor_export", "vae"),
+            "compressor_sha256": info.get("compressor_sha256"),
             "latents": str(Path(self.config.latents).resolve()), "latent_shape": list(info["latent_shape"]),
             "latent_scale_cache": info.get("scale_factor"), "volume_shape": info.get("volume_shape"),
             "affine": info.get("affine"), "metadata_stats": info.get("metadata_stats"),
