@@ -37,7 +37,6 @@ SUMMARY_NAME = "demo_summary.json"
 # 000 §5.3.1: an 80 / 20 split of the real scans; the 20 % is cut into validation (37 %) and test (63 %)
 DIT3D_SPLITS: tuple[float, float, float] = (0.8, 0.2 * 0.37, 0.2 * 0.63)
 DIT3D_CLASSES: tuple[str, str] = ("healthy", "TLE")
-SEED000_CORONAL_MM = 136.0   # 000 §5.3.1: 136 coronal slices at 1 mm as the classifier's channels
 # demo training lengths on top of the tiny configs (before --override), about 3 + 2 minutes on 2 idle CPU cores:
 # the VAE-GAN (~1 s a step) gets 200 steps (val PSNR 18.5 dB at its config's 40 steps, 21.5 dB at 200: brain
 # outline and ventricles instead of a blob); the DiT (~0.03 s a step) 5000 (at 500 its samples are noise blobs)
@@ -200,6 +199,8 @@ def run_wfdm(args: argparse.Namespace) -> int:
 
 def study_slices(spacing_mm: float) -> int:
     """000's 136 coronal 1-mm slices as the same span of the demo grid (34 at 4 mm), within its depth."""
+    from .study.augment import SEED000_CORONAL_MM
+
     return max(1, min(demo_shape(spacing_mm)[1], int(round(SEED000_CORONAL_MM / spacing_mm))))
 
 

@@ -148,7 +148,7 @@ def test_study_uses_one_modality(tmp_path):
     assert report["data"]["n_real_train"] == t1_train and report["data"]["n_synthetic_pool"] == 4
     assert report["config"]["modality"] == "T1w" and "Adam" in report["config"]["optimizer"]
     both = run_augment_study(store, synth, tmp_path / "study_all", classes=CLASSES, epochs=1, batch_size=4,
-                             n_slices=4, arch="tiny", seed=0, modality=None)
+                             n_slices=4, arch="tiny", seed=0, modality=None, allow_short_mix=True)
     assert both["data"]["n_real_train"] == 2 * t1_train and both["data"]["n_synthetic_pool"] == 5
 
 
@@ -158,3 +158,38 @@ def test_cli_registers_study_augment():
     args = build_parser().parse_args(["study", "augment", "--store", "s", "--synthetic", "d", "--out", "o",
                                       "--arch", "tiny", "--epochs", "1"])
     assert args.arch == "tiny" and args.epochs == 1 and callable(args.func)
+
+
+def test_study_refuses_a_pool_that_cannot_give_the_asked_mixes(tmp_path, capsys):
+    """Repro of #12.4: a one-class synthetic pool and mixes short of volumes ran silently."""
+    from bsynth_hpc.errors import InputError
+
+    store = _make_store(tmp_path / "store")          # 12 real training volumes: 1:0.5 needs 6 synthetic
+    synth = _make_synthetic(tmp_path / "synth", n=4)
+    with open(synth / "samples.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["label"] == CLASSES[1]]   # one class only (2 volumes)
+    with open(synth / "samples.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "modality", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(InputError, match=f"has no '{CLASSES[0]}' volumes.*1:0.25 needs 3.*1:0.5 needs 6"):
+        run_augment_study(store, synth, tmp_path / "study", classes=CLASSES, epochs=1, batch_size=4, n_slices=4,
+                          arch="tiny", seed=0)
+    assert not (tmp_path / "study").exists()
+    report = run_augment_study(store, synth, tmp_path / "study", classes=CLASSES, epochs=1, batch_size=4,
+                               n_slices=4, arch="tiny", seed=0, allow_short_mix=True)
+    assert "WARNING" in capsys.readouterr().err and len(report["shortfalls"]) == 3
+    mix = report["conditions"]["real+synthetic 1:0.5"]
+    assert (mix["n_synthetic"], mix["n_synthetic_requested"], mix["n_synthetic_per_class"]) == (2, 6, [0, 2])
+    assert "2 (6)" in (tmp_path / "study" / "metrics.md").read_text()
+
+
+def test_default_slices_span_seed000s_136_mm(tmp_path):
+    from bsynth_hpc.study.augment import seed000_slices
+
+    store = _make_store(tmp_path / "store", n_subjects=4)   # 1 mm grid of depth 16: capped at the depth
+    assert seed000_slices(store) == SHAPE[1]
+    from bsynth_hpc.cli import build_parser
+
+    assert build_parser().parse_args(["study", "augment", "--store", "s", "--synthetic", "d",
+                                      "--out", "o"]).n_slices == 0

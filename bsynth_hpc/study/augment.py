@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +38,7 @@ from ..argtypes import device_name, float_at_least, int_at_least, output_folder
 from ..errors import ConfigError, InputError
 
 METRICS = ("f1", "precision", "recall", "accuracy", "auc_roc", "aucpr")
+SEED000_CORONAL_MM = 136.0   # 000 §5.3.1: 136 coronal slices at 1 mm as the classifier's channels
 CORONAL_AXIS = 1  # the store is RAS: (X = left-right, Y = posterior-anterior, Z = inferior-superior)
 
 
@@ -232,13 +234,21 @@ def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str
                       classes: Sequence[str] = ("healthy", "TLE"), ratios: Sequence[float] = (0.25, 0.5),
                       epochs: int = 30, batch_size: int = 16, n_slices: int = 16,
                       arch: str = "efficientnet_v2_s", seed: int = 0, lr: float = 1e-3,
-                      device: str | None = None, modality: str | None = "T1w") -> dict[str, Any]:
-    """Run the four-condition study; writes out_dir/metrics.json + metrics.md and returns the json dict."""
+                      device: str | None = None, modality: str | None = "T1w",
+                      allow_short_mix: bool = False) -> dict[str, Any]:
+    """Run the four-condition study; writes out_dir/metrics.json + metrics.md and returns the json dict.
+
+    ``n_slices`` 0 means seed 000's span: 136 mm of coronal slices at the store's spacing. A synthetic
+    pool that lacks a class or holds fewer volumes than a mix asks for is refused (the conditions would
+    silently be other mixes than asked) unless ``allow_short_mix``; then each shortfall is warned
+    about on stderr and recorded (requested and actual counts per condition)."""
     classes = tuple(classes)
     if len(classes) != 2 or classes[0] == classes[1]:
         raise ConfigError(f"classes must be two distinct labels (negative, positive), got {classes}")
-    if n_slices < 1 or epochs < 1 or batch_size < 1:
-        raise ConfigError("n_slices, epochs and batch_size must be >= 1")
+    if n_slices < 0 or epochs < 1 or batch_size < 1:
+        raise ConfigError("n_slices must be >= 0 (0: seed 000's 136 mm span), epochs and batch_size >= 1")
+    if n_slices == 0:
+        n_slices = seed000_slices(Path(store))
     build_classifier(arch, n_slices)  # validate arch early
     t0 = time.perf_counter()
     store, synthetic_dir, out = Path(store), Path(synthetic_dir), Path(out_dir)
@@ -260,26 +270,29 @@ def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str
     if not x_ev:
         raise InputError(f"no volumes of {classes} in the test or val split of {store}")
 
+    wanted = {r: int(round(float(r) * len(x_real))) for r in ratios}
+    shortfalls = check_synthetic_pool(y_syn, classes, wanted, synthetic_dir, allow_short_mix)
     rng = np.random.default_rng(seed)
-    conditions: list[tuple[str, list[np.ndarray], list[int], int, int]] = [
-        ("real", x_real, y_real, len(x_real), 0),
-        ("synthetic", x_syn, y_syn, 0, len(x_syn)),
+    conditions: list[tuple[str, list[np.ndarray], list[int], int, int, int]] = [
+        ("real", x_real, y_real, len(x_real), 0, 0),
+        ("synthetic", x_syn, y_syn, 0, len(x_syn), len(x_syn)),
     ]
     for r in ratios:
-        want = int(round(float(r) * len(x_real)))
-        k = min(want, len(x_syn))
+        k = min(wanted[r], len(x_syn))
         pick = stratified_pick(y_syn, k, rng)
         conditions.append((f"real+synthetic 1:{r:g}", x_real + [x_syn[i] for i in pick],
-                           y_real + [y_syn[i] for i in pick], len(x_real), k))
+                           y_real + [y_syn[i] for i in pick], len(x_real), k, wanted[r]))
 
     x_ev_t = _stack(x_ev)
     results: dict[str, Any] = {}
-    for name, xs, ys, n_r, n_s in conditions:
+    for name, xs, ys, n_r, n_s, n_wanted in conditions:
         tc = time.perf_counter()
         probs = _train_eval(_stack(xs), torch.tensor(ys, dtype=torch.float32), x_ev_t, arch, n_slices,
                             epochs, batch_size, lr, seed, dev)
         m = binary_metrics(y_ev, probs)
         results[name] = {**m, "n_train": len(xs), "n_real": n_r, "n_synthetic": n_s,
+                         "n_synthetic_requested": n_wanted,
+                         "n_synthetic_per_class": np.bincount(ys[n_r:], minlength=2).tolist() if n_s else [0, 0],
                          "n_train_positive": int(sum(ys)), "train_seconds": round(time.perf_counter() - tc, 2)}
 
     report = {
@@ -291,7 +304,9 @@ def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str
                    "modality": modality or "all",
                    "optimizer": f"Adam, cosine annealing with warm restarts (T_0 = {restart_period(epochs)} epochs)",
                    "input": f"{n_slices} coronal slices around the centre (axis {CORONAL_AXIS} of the RAS store) as channels"},
+        "shortfalls": shortfalls,
         "data": {"n_real_train": len(x_real), "n_synthetic_pool": len(x_syn),
+                 "n_synthetic_pool_per_class": np.bincount(y_syn, minlength=2).tolist(),
                  "n_synthetic_resampled": int(n_resampled), "store_shape": list(shape)},
         "eval": {"split": eval_split, "n": len(y_ev), "n_positive": int(sum(y_ev)), "note": note},
         "conditions": results,
@@ -302,6 +317,34 @@ def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str
     (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n", encoding="utf-8")
     (out / "metrics.md").write_text(_markdown(report), encoding="utf-8")
     return report
+
+
+def seed000_slices(store: Path) -> int:
+    """Seed 000's 136 coronal 1-mm slices as the same span of the store's grid (34 at 4 mm)."""
+    from ..data.store import VolumeStore
+
+    info = VolumeStore(store).info
+    spacing = float((info.get("spacing") or (1.0, 1.0, 1.0))[CORONAL_AXIS])
+    depth = int(info["shape"][CORONAL_AXIS])
+    return max(1, min(depth, int(round(SEED000_CORONAL_MM / spacing))))
+
+
+def check_synthetic_pool(y_syn: Sequence[int], classes: Sequence[str], wanted: dict[float, int],
+                         synthetic_dir: Path, allow_short: bool) -> list[str]:
+    """The ways the synthetic pool cannot give the asked-for conditions (raises unless ``allow_short``)."""
+    counts = np.bincount(np.asarray(y_syn, dtype=int), minlength=2).tolist()
+    problems = [f"the synthetic pool has no {c!r} volumes ({counts[0]} {classes[0]}, {counts[1]} {classes[1]}), so "
+                "the 'synthetic' condition cannot train a classifier" for k, c in enumerate(classes) if counts[k] == 0]
+    problems += [f"mix 1:{r:g} needs {n} synthetic volumes, the pool has {len(y_syn)}"
+                 for r, n in wanted.items() if n > len(y_syn)]
+    if problems and not allow_short:
+        per_class = -(-max([*wanted.values(), 1]) // len(classes))
+        raise InputError(f"{synthetic_dir}: " + "; ".join(problems) + ". Sample more (e.g. `bsynth sample dit3d "
+                         f"--n {per_class}` samples that many of every class), or pass --allow-short-mix to run "
+                         "with what there is (the report then records the shortfall)")
+    for p in problems:
+        print(f"[study] WARNING: {p}", file=sys.stderr, flush=True)
+    return problems
 
 
 def stratified_pick(labels: Sequence[int], k: int, rng: np.random.Generator) -> np.ndarray:
@@ -333,10 +376,13 @@ def _markdown(report: dict[str, Any]) -> str:
              f"(n = {ev['n']}, {ev['n_positive']} positive)."]
     if ev["note"]:
         lines += ["", f"Note: {ev['note']}."]
-    lines += ["", "| condition | n real | n synthetic | F1 | precision | recall | accuracy | AUC-ROC | AUCPR |",
+    for problem in report.get("shortfalls", []):
+        lines += ["", f"**Warning: {problem}** (run with --allow-short-mix)."]
+    lines += ["", "| condition | n real | n synthetic (requested) | F1 | precision | recall | accuracy | AUC-ROC | AUCPR |",
               "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["conditions"].items():
-        lines.append(f"| {name} | {r['n_real']} | {r['n_synthetic']} | "
+        requested = r.get("n_synthetic_requested", r["n_synthetic"])
+        lines.append(f"| {name} | {r['n_real']} | {r['n_synthetic']} ({requested}) | "
                      + " | ".join(f"{r[m]:.3f}" for m in METRICS) + " |")
     return "\n".join(lines) + "\n"
 
@@ -347,7 +393,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
         args.store, args.synthetic, args.out, classes=tuple(c.strip() for c in args.classes.split(",")),
         ratios=tuple(float(r) for r in args.ratios.split(",") if r.strip()), epochs=args.epochs,
         batch_size=args.batch_size, n_slices=args.n_slices, arch=args.arch, seed=args.seed, lr=args.lr,
-        device=args.device, modality=None if args.modality == "all" else args.modality)
+        device=args.device, modality=None if args.modality == "all" else args.modality,
+        allow_short_mix=args.allow_short_mix)
     print(_markdown(report))
     print(f"wrote {Path(args.out) / 'metrics.json'} and metrics.md")
     return 0
@@ -365,7 +412,12 @@ def add_study_parser(subparsers: Any) -> None:
     a.add_argument("--ratios", default="0.25,0.5", help="synthetic:real ratios of the mixed conditions")
     a.add_argument("--epochs", type=int_at_least(1), default=30)
     a.add_argument("--batch-size", type=int_at_least(1), default=16)
-    a.add_argument("--n-slices", type=int_at_least(1), default=16, help="coronal slices around the centre, as channels")
+    a.add_argument("--n-slices", type=int_at_least(0), default=0,
+                   help="coronal slices around the centre, as channels (default 0: seed 000's 136 mm span at the "
+                        "store's spacing, e.g. 34 at 4 mm)")
+    a.add_argument("--allow-short-mix", action="store_true",
+                   help="run even when the synthetic pool lacks a class or is smaller than a mix asks for (each "
+                        "shortfall is warned about and recorded); default: refuse")
     a.add_argument("--arch", default="efficientnet_v2_s", choices=("efficientnet_v2_s", "tiny"))
     a.add_argument("--lr", type=float_at_least(1e-12, "a positive learning rate"), default=1e-3)
     a.add_argument("--modality", default="T1w", help="volumes of this modality only, real and synthetic (default "
