@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import default_collate
 
 from .config import RunConfig
@@ -120,11 +121,14 @@ def _precisions(requested: str, device: torch.device) -> list[str]:
     return ["bf16", "fp32"]
 
 
-def _probe_shapes(shape: tuple[int, ...], multiple: int = 8) -> list[tuple[int, ...]]:
-    """Two reduced shapes (about 1/4 and 1/2 per axis), multiples of ``multiple`` voxels."""
-    out = []
-    for frac in (0.25, 0.5):
-        out.append(tuple(max(multiple, int(round(s * frac / multiple)) * multiple) for s in shape))
+def _probe_shapes(shape: tuple[int, ...], multiple: int = 8, minimum: int = 32) -> list[tuple[int, ...]]:
+    """Two reduced shapes (about 1/4 and 1/2 per axis), multiples of ``multiple`` voxels and at least
+    ``minimum`` per axis (or the axis itself): smaller probes fall below the receptive field of strided
+    discriminators and U-Nets, which then fail instead of being measured."""
+    def reduced(frac: float) -> tuple[int, ...]:
+        return tuple(min(s, max(minimum, int(round(s * frac / multiple)) * multiple)) for s in shape)
+
+    out = [reduced(0.25), reduced(0.5)]
     if out[0] == out[1]:
         out[1] = tuple(min(s, o * 2) for s, o in zip(shape, out[0]))
     if out[0] == out[1]:
@@ -142,11 +146,24 @@ def _probe_batch(item: dict[str, Any], shape: tuple[int, ...], device: torch.dev
     return batch_to_device(batch, device, dtype)
 
 
+def _memory_tracker() -> Any:
+    """torch's MemTracker, made to skip gradient hooks on frozen parameters (a frozen perceptual network in
+    the loss): MemTracker registers a hook on every parameter a forward meets and fails on those that do not
+    require grad. Gradients are allocated before the probe, so no accounting depends on those hooks."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class FrozenSafeMemTracker(MemTracker):
+        def _track_module_params_and_buffers(self, module: nn.Module, install_grad_hooks: bool = True
+                                             ) -> tuple[int, int]:
+            frozen = any(not p.requires_grad for p in module.parameters())
+            return super()._track_module_params_and_buffers(module, install_grad_hooks and not frozen)
+
+    return FrozenSafeMemTracker()
+
+
 def measure_activation_bytes(stage: Any, item: dict[str, Any], shape: tuple[int, ...], device: torch.device,
                              precision: str, checkpointing: bool, seed: int = 0) -> int:
     """Peak activation + temporary bytes of a forward and backward of every phase (max), micro-batch 1."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
     from .stage import StepContext
 
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -168,7 +185,7 @@ def measure_activation_bytes(stage: Any, item: dict[str, Any], shape: tuple[int,
             for p in m.parameters():
                 p.grad = torch.zeros_like(p)
         batch = _probe_batch(item, shape, device, torch.float32)
-        tracker = MemTracker()
+        tracker = _memory_tracker()
         tracker.track_external(*models.values())
         ctx = StepContext(_LATE_STEP, phase.name, models, device, batch["sample_seed"], {},
                           True, torch.float32)
@@ -191,7 +208,15 @@ def fit_activations(stage: Any, item: dict[str, Any], shape: tuple[int, ...], de
                     precision: str, checkpointing: bool) -> ActivationFit:
     probes = []
     for s in _probe_shapes(shape):
-        probes.append((math.prod(s), measure_activation_bytes(stage, item, s, device, precision, checkpointing)))
+        try:
+            measured = measure_activation_bytes(stage, item, s, device, precision, checkpointing)
+        except RuntimeError as exc:
+            if s == tuple(shape) or "out of memory" in str(exc).lower():
+                raise MemoryPlanError(f"memory probe of {stage.name} at {'x'.join(map(str, s))} failed: "
+                                      f"{str(exc).splitlines()[0]}") from None
+            s = tuple(shape)  # a model that needs more voxels than the reduced probe: measure the real shape
+            measured = measure_activation_bytes(stage, item, s, device, precision, checkpointing)
+        probes.append((math.prod(s), measured))
     (v1, y1), (v2, y2) = probes
     b = (y2 - y1) / (v2 - v1) if v2 != v1 else y2 / max(v2, 1)
     return ActivationFit(a=y1 - b * v1, b=b, probes=probes)
