@@ -94,3 +94,37 @@ def test_decode_tile_from_the_environment_is_a_config_error(monkeypatch):
         decode_tile_from_env()
     with pytest.raises(ConfigError, match="--tile 1"):
         decode_latents(None, torch.zeros(1), None, tile=1)
+
+
+def _tiny_store(path):
+    import numpy as np
+
+    from bsynth_hpc.data.finalize import finalize_store
+    from bsynth_hpc.data.store import StoreLayout, VolumeStore
+
+    st = VolumeStore.create_or_open(path, StoreLayout(kind="volume3d", shape=(16, 16, 16), spacing=(4.0,) * 3))
+    for k in range(4):
+        st.write_volume(f"d_sub-{k}_T1w", np.random.default_rng(k).random((16, 16, 16), dtype=np.float32),
+                        {"subject": f"sub-{k}", "session": None, "dataset": "d", "modality": "T1w",
+                         "modality_id": 0, "affine": np.diag([4.0, 4.0, 4.0, 1.0]).tolist()})
+    finalize_store(st, fractions=(0.5, 0.25, 0.25), seed=0)
+    return path
+
+
+def test_missing_lpips_weights_name_options_the_command_has(tmp_path, monkeypatch, capsys):
+    """#12.6: `train` advised --lpips-weights/--allow-random-features, which train rejects."""
+    from bsynth_hpc.engine.run import train_main
+    from engine_support import REPO
+
+    monkeypatch.delenv("BSYNTH_WEIGHTS_DIR", raising=False)
+    store = _tiny_store(tmp_path / "s.zarr")
+    code = train_main(["wfdm-vae", "--config", str(REPO / "configs" / "wfdm-vae_tiny.yaml"), "--store", str(store),
+                       "--run-dir", str(tmp_path / "run"), "--max-steps", "1", "recipe.allow_random_perceptual=false"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "recipe.perceptual_weights=PATH" in err and "recipe.allow_random_perceptual=true" in err
+    assert "--allow-random-features" not in err and "--lpips-weights" not in err
+    code = main(["eval", "recon", "--compressor", "dwt1", "--store", str(store), "--split", "all",
+                 "--out", str(tmp_path / "recon")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--no-lpips" in err and "--lpips-weights PATH" in err, err

@@ -59,12 +59,14 @@ def alexnet_to_lpips(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_lpips(weights: str | os.PathLike[str] | None, *, sha256: str | None = None, allow_random: bool = False,
-               device: torch.device | str = "cpu") -> tuple[nn.Module, WeightsInfo]:
+               device: torch.device | str = "cpu", flag: str = "--lpips-weights",
+               smoke_hint: str = "pass --no-lpips to skip LPIPS, or --allow-random-features (outputs then say so)"
+               ) -> tuple[nn.Module, WeightsInfo]:
     """LPIPS(alex, v0.1) with its shipped linear heads and the AlexNet trunk from a local file
     (``$BSYNTH_WEIGHTS_DIR`` when None); ``allow_random`` keeps a random trunk when none is found."""
     model = _build_lpips()
     try:
-        path = resolve_weights_path(weights, "AlexNet", ALEXNET_DEFAULT_NAMES, "--lpips-weights")
+        path = resolve_weights_path(weights, "AlexNet", ALEXNET_DEFAULT_NAMES, flag, smoke_hint)
     except WeightsError:
         if weights is None and allow_random:
             return model.to(device).eval(), random_weights_info("LPIPS AlexNet trunk")

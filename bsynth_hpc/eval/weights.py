@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..errors import BsynthError
+from ..errors import ConfigError
 
 WEIGHTS_ENV = "BSYNTH_WEIGHTS_DIR"
 
@@ -45,8 +45,9 @@ TORCHVISION_HASHED_NAMES: frozenset[str] = frozenset({"alexnet-owt-7be5be79.pth"
 """torchvision release files whose name carries the first hex digits of their SHA-256."""
 
 
-class WeightsError(BsynthError):
-    """Pretrained weights are missing, fail their checksum, or do not fit the network."""
+class WeightsError(ConfigError):
+    """Pretrained weights are missing, fail their checksum, or do not fit the network (a configuration
+    problem: the run needs other files or settings, a retry cannot help; `bsynth train` exits 2)."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,12 @@ def weights_dir() -> Path | None:
 
 
 def resolve_weights_path(path: str | os.PathLike[str] | None, network: str, default_names: Sequence[str],
-                         flag: str) -> Path:
+                         flag: str, smoke_hint: str = "pass --allow-random-features (outputs then say so)") -> Path:
     """The weights file to use: ``path`` when given, else the first of ``default_names`` found in
     ``$BSYNTH_WEIGHTS_DIR`` (directly or in a sub-folder named after the network).
+
+    ``flag`` and ``smoke_hint`` are the caller's own ways to give weights or run without them (a
+    command-line flag, a config key), so the message names options the command really has.
 
     Raises WeightsError naming the file(s) that were expected and where to put them.
     """
@@ -103,7 +107,7 @@ def resolve_weights_path(path: str | os.PathLike[str] | None, network: str, defa
     raise WeightsError(
         f"no {network} weights ({where}). Pretrained weights are never downloaded: put "
         f"{' or '.join(default_names)} in ${WEIGHTS_ENV} (or ${WEIGHTS_ENV}/{network.lower()}/), or pass "
-        f"{flag} PATH. For a smoke test without weights pass --allow-random-features (outputs then say so)."
+        f"{flag}{'' if flag.endswith('=') else ' '}PATH. For a smoke test without weights {smoke_hint}."
     )
 
 

@@ -50,8 +50,12 @@ class SlicePerceptualLoss(nn.Module):
 
     def __init__(self, weights: str | os.PathLike[str] | None = None, *, slices_per_plane: int = 8,
                  planes: Sequence[str] = tuple(PLANES), sampling: Literal["even", "random"] = "even",
-                 sha256: str | None = None, allow_random: bool = False, network: nn.Module | None = None) -> None:
-        """``network`` reuses an already loaded LPIPS module (e.g. the evaluation's) instead of loading one."""
+                 sha256: str | None = None, allow_random: bool = False, network: nn.Module | None = None,
+                 weights_option: str = "recipe.perceptual_weights=",
+                 allow_random_option: str = "recipe.allow_random_perceptual=true") -> None:
+        """``network`` reuses an already loaded LPIPS module (e.g. the evaluation's) instead of loading one;
+        ``weights_option``/``allow_random_option`` are the caller's config keys, named in the error when
+        no weights are found."""
         super().__init__()
         if slices_per_plane < 1:
             raise ValueError(f"slices_per_plane={slices_per_plane} must be >= 1")
@@ -63,7 +67,8 @@ class SlicePerceptualLoss(nn.Module):
         self.slices_per_plane = slices_per_plane
         self.sampling = sampling
         if network is None:
-            network, info = load_lpips(weights, sha256=sha256, allow_random=allow_random)
+            network, info = load_lpips(weights, sha256=sha256, allow_random=allow_random, flag=weights_option,
+                                       smoke_hint=f"set {allow_random_option} (the export then says so)")
             self.weights_info = info
             if info.random:
                 log.warning("perceptual loss uses a RANDOM AlexNet trunk (allow_random smoke mode): its values are "

@@ -151,7 +151,9 @@ class VAEGANStage(Stage):
         s = self.perceptual_settings()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # a random smoke trunk is the same network on every rank and every resume
-            loss = SlicePerceptualLoss(s.weights, slices_per_plane=s.slices_per_plane, allow_random=s.allow_random)
+            loss = SlicePerceptualLoss(s.weights, slices_per_plane=s.slices_per_plane, allow_random=s.allow_random,
+                                       weights_option="recipe.perceptual_weights=",
+                                       allow_random_option=f"recipe.{s.allow_random_key}=true")
         info = getattr(loss, "weights_info", None)
         if info is not None and getattr(info, "random", False):
             self.perceptual_mode = "random-smoke"
