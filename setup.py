@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "pywavelets>=1.6",
     "pillow>=10",
+    "cryptography>=41",  # TLS for the local Dask cluster of `bsynth prep` (Security.temporary)
 ]
 
 EXTRAS = {

@@ -47,6 +47,7 @@ def cmd_prep(args: argparse.Namespace) -> int:
         allow_outside_root=args.allow_outside_root, cluster=args.cluster, cluster_options=cluster_options,
         chunks=tuple(args.chunks) if args.chunks else None, dtype=args.dtype,
         splits=tuple(args.splits), seed=args.seed, progress=not args.quiet, stratify=args.stratify,
+        max_volume_mb=args.max_volume_mb,
     )
     return int(result.exit_code)
 
@@ -171,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stratify", choices=["dataset", "modalities", "label"], default=None,
                    help="split each dataset / modality set / (dataset, label) class at the fractions "
                         "(default: the stable per-subject hash split)")
+    p.add_argument("--max-volume-mb", type=float, default=None, metavar="MIB",
+                   help="per-input memory limit, checked from the header before any voxel is read; larger or "
+                        "lying files (gzip bombs) are reported as failed (default $BSYNTH_MAX_VOLUME_MB or 512 = "
+                        "a 512^3 float32 volume)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prep)
 
@@ -196,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="latent cache to write, e.g. latents.zarr (resumable)")
     p.add_argument("--name", default=None, help="export name in RUN/export (default: the only one, or 'vae')")
     p.add_argument("--split", default=None, choices=["train", "val", "test"], help="encode one split (default all)")
+    p.add_argument("--modality", nargs="+", default=None, metavar="M",
+                   help="encode only these modalities (default: those the compressor was trained on, its run's "
+                        "data.modalities; 'all' for every volume)")
+    p.add_argument("--reencode", action="store_true",
+                   help="replace an existing cache at --out (needed after retraining the compressor)")
     p.add_argument("--batch-size", type=int_at_least(1), default=1)
     p.add_argument("--device", type=device_name, default=None, help="auto | cpu | cuda | cuda:N (default: cuda when "
                                                                     "available)")
@@ -220,7 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode in overlapping latent tiles of this many voxels per axis (bounds decoder memory: "
                         "e.g. 16 for 192x224x160 on a 6 GB card; default $BSYNTH_DECODE_TILE or a whole-volume decode)")
     p.add_argument("--batch-size", type=int_at_least(1), default=1)
-    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--seed", type=int_at_least(0), default=0,
+                   help="first seed; into a folder that already holds samples, numbering and seeds continue after "
+                        "them unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write over the samples already in --out (same names, seeds from --seed)")
+    p.add_argument("--space", choices=["store", "native"], default="store",
+                   help="store: the preprocessed RAS grid (default); native: resampled onto a scanner grid "
+                        "(--reference) so samples overlay scans in world coordinates")
+    p.add_argument("--reference", default=None,
+                   help="--space native grid: a NIfTI scan, or a volume id of the training store (its source "
+                        "scan's grid as prep recorded it; default the store's first volume)")
     p.add_argument("--device", type=device_name, default=None, help="auto | cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_sample)
 

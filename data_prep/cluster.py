@@ -4,9 +4,15 @@
 
 * ``"local"`` (default): ``distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
   processes=True)`` — one process per worker (nibabel/scipy hold the GIL for parts of the work,
-  and a crashing worker is restarted by its nanny without taking the run down). No dashboard
-  is opened (shared login nodes); ``cluster_options`` are passed on to ``LocalCluster`` (e.g.
-  ``memory_limit``, ``local_directory``, ``scheduler_kwargs``).
+  and a crashing worker is restarted by its nanny without taking the run down). Secured for
+  shared login nodes: every listener is bound to 127.0.0.1 (scheduler, workers, and the
+  scheduler's HTTP health endpoint, which Dask would otherwise open on all interfaces), no
+  dashboard, and all traffic is mutual TLS with a throw-away certificate that exists only in
+  this process and its workers (``Security.temporary()``), so another user of the machine can
+  neither submit tasks nor read results. That needs the ``cryptography`` package; without it
+  the run falls back to the ``"processes"`` scheduler (no network at all) with a note on stderr.
+  ``cluster_options`` are passed on to ``LocalCluster`` (e.g. ``memory_limit``,
+  ``local_directory``, ``scheduler_kwargs``).
 * ``"slurm"``: a ``dask_jobqueue.SLURMCluster`` scaled to ``workers`` worker processes; each
   worker is (part of) a SLURM job that connects back to the scheduler running in this process.
   ``cluster_options`` go to ``SLURMCluster``; the usual ones (see dask-jobqueue's docs):
@@ -38,6 +44,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
@@ -49,6 +56,11 @@ DEFAULT_WAIT_TIMEOUT_S = 600.0
 NO_DASHBOARD: dict[str, Any] = {"dashboard": False, "dashboard_address": ":0"}
 """Scheduler options: no dashboard, and its HTTP endpoint (health checks) on a free port, so
 several runs on one login node do not fight over port 8787."""
+LOCAL_SCHEDULER: dict[str, Any] = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
+"""The same for the local cluster, with the HTTP endpoint on loopback only (":0" is all interfaces)."""
+NO_TLS_NOTE = ("[prep] note: the 'cryptography' package is missing, so a local Dask cluster could not use TLS "
+               "and other users of this machine could submit tasks to it; running on the 'processes' scheduler "
+               "instead (cluster_options ignored). `pip install cryptography` restores cluster='local'.")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -64,15 +76,40 @@ def check_cluster_args(kind: str, workers: int, options: Mapping[str, Any] | Non
         raise ConfigError(f"cluster_options only apply to cluster='local' or 'slurm', not {kind!r}: drop them")
 
 
-def build_local_cluster(workers: int, options: Mapping[str, Any] | None = None):
-    """A LocalCluster of ``workers`` single-threaded worker processes on the loopback interface."""
-    from distributed import LocalCluster
+def tls_available() -> bool:
+    """Whether ``Security.temporary()`` can make a certificate (it needs ``cryptography``)."""
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
+
+def build_local_cluster(workers: int, options: Mapping[str, Any] | None = None):
+    """A LocalCluster of ``workers`` single-threaded worker processes, loopback only, mutual TLS.
+
+    ConfigError when ``cryptography`` is missing (callers fall back first, see :func:`local_or_fallback`).
+    """
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    if not tls_available():
+        raise ConfigError("cluster='local' needs the 'cryptography' package for TLS: pip install cryptography, "
+                          "or use cluster='processes'")
     kwargs: dict[str, Any] = {"n_workers": workers, "threads_per_worker": 1, "processes": True,
                               "host": "127.0.0.1", "dashboard_address": None, "silence_logs": logging.ERROR,
-                              "scheduler_kwargs": NO_DASHBOARD}
+                              "scheduler_kwargs": LOCAL_SCHEDULER, "security": Security.temporary(),
+                              "protocol": "tls://"}
     kwargs.update(options or {})
     return LocalCluster(**kwargs)
+
+
+def local_or_fallback(kind: str) -> str:
+    """``kind``, or "processes" (with a note on stderr) for "local" when TLS is unavailable."""
+    if kind != "local" or tls_available():
+        return kind
+    print(NO_TLS_NOTE, file=sys.stderr, flush=True)
+    return "processes"
 
 
 def slurm_cluster_kwargs(options: Mapping[str, Any] | None) -> tuple[dict[str, Any], float]:
@@ -139,6 +176,9 @@ def map_unordered(fn: Callable[..., R], items: Sequence[T], args: tuple[Any, ...
     check_cluster_args(kind, workers, options)
     if not items:
         return
+    kind = local_or_fallback(kind)
+    if kind == "processes":
+        options = None
     if kind == "sync":
         for item in items:
             yield item, fn(item, *args)

@@ -14,7 +14,10 @@ Manifest CSV columns
     roi_ventricle_l, roi_ventricle_r`` (all six or none; the long names of
     ``bsynth_hpc.data.metadata.CLINICAL_ROI_FIELDS`` work too), a brain-mask path column (named
     by ``mask_column``), and any of the 25 metadata fields named as in the schema. Other columns
-    are ignored (and listed in the report so a misspelt field is noticed).
+    are ignored: listed in the report, and warned about on stderr at the start, with the closest
+    known field (``agee`` -> ``age``) so a misspelt field is noticed before hours of work.
+    The file must be UTF-8 (a BOM is fine) and comma-separated; a Latin-1 file or one delimited by
+    semicolons/tabs (a European-locale spreadsheet export) is refused with the fix.
 
 Paths may not leave the root folder (the manifest's folder, or the BraTS/slice root) after
 resolving ``..`` and symlinks unless ``allow_outside_root``: a manifest from elsewhere must not
@@ -27,6 +30,8 @@ Two rows with the same id are an error for the later row.
 from __future__ import annotations
 
 import csv
+import difflib
+import io
 import math
 import os
 import re
@@ -264,6 +269,10 @@ def _collect(rows: Iterable[Row]) -> tuple[list[WorkItem], list[Failure]]:
 
 
 def _check_file(path: Path, kind: str) -> None:
+    if path.is_dir():
+        example = "<name>.nii.gz" if kind == "nifti" else "<name>.png"
+        raise fixable(InputError, f"{path}: is a folder, not a file",
+                      f"list the file inside it (e.g. {path / example}), one row per volume")
     if not path.is_file():
         raise fixable(InputError, f"{path}: file not found", "correct the path or restore the file")
     ok = is_nifti_name(path) if kind == "nifti" else is_image_name(path)
@@ -274,6 +283,52 @@ def _check_file(path: Path, kind: str) -> None:
 
 
 # ---------------------------------------------------------------------------- manifest
+def _manifest_text(manifest: Path) -> str:
+    """The manifest decoded as UTF-8 (BOM dropped); ManifestError naming the byte for any other encoding."""
+    raw = manifest.read_bytes()
+    bom = raw.startswith(b"\xef\xbb\xbf")
+    try:
+        return raw[3 if bom else 0:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        pos = exc.start + (3 if bom else 0)
+        line = raw[:pos].count(b"\n") + 1
+        raise fixable(ManifestError, f"manifest {manifest} is not UTF-8 text (byte 0x{raw[pos]:02x} at byte "
+                                     f"position {pos}, line {line}; probably Latin-1/Windows-1252)",
+                      "save it as UTF-8 (spreadsheet: 'CSV UTF-8'; or `iconv -f latin1 -t utf-8 in.csv > out.csv`)"
+                      ) from None
+
+
+_OTHER_DELIMITERS: dict[str, str] = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _check_delimiter(header: list[str], manifest: Path) -> None:
+    """ManifestError when the header only makes sense split by another delimiter than ','."""
+    if len(header) > 1 and all(c in header for c in REQUIRED_COLUMNS):
+        return
+    joined = ",".join(header)
+    for delimiter, name in _OTHER_DELIMITERS.items():
+        cells = [c.strip() for c in joined.split(delimiter)]
+        if sum(c in cells for c in REQUIRED_COLUMNS) >= 2:
+            raise fixable(ManifestError, f"the manifest {manifest} looks {name}-delimited; use commas",
+                          "re-save it as comma-separated CSV (spreadsheet: 'CSV UTF-8 (comma delimited)')")
+
+
+def column_warnings(ignored: list[str], known: set[str]) -> list[str]:
+    """One warning per ignored column that looks like a misspelt known field, one for the rest."""
+    lowered = {k.lower(): k for k in known}
+    warnings, unknown = [], []
+    for col in ignored:
+        match = difflib.get_close_matches(col.lower(), list(lowered), n=1, cutoff=0.75)
+        if match:
+            warnings.append(f"manifest column {col!r} is not a known field and is ignored; did you mean "
+                            f"{lowered[match[0]]!r}? (rename the column to use it)")
+        else:
+            unknown.append(col)
+    if unknown:
+        warnings.append(f"manifest column(s) {', '.join(map(repr, unknown))} are not known fields and are ignored")
+    return warnings
+
+
 def read_manifest(path: str | os.PathLike[str], *, mask_column: str | None = None,
                   allow_outside_root: bool = False) -> Ingested:
     """Validate a manifest CSV row by row (see the module docstring)."""
@@ -281,12 +336,13 @@ def read_manifest(path: str | os.PathLike[str], *, mask_column: str | None = Non
     if not manifest.is_file():
         raise fixable(ManifestError, f"manifest {manifest} does not exist", "check the --manifest path")
     root = manifest.resolve().parent
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+    with io.StringIO(_manifest_text(manifest), newline="") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
         if not header:
             raise fixable(ManifestError, f"manifest {manifest} is empty (no header row)",
                           f"write a header with at least {', '.join(REQUIRED_COLUMNS)}")
+        _check_delimiter(header, manifest)
         duplicated = sorted({h for h in header if header.count(h) > 1})
         if duplicated:
             raise fixable(ManifestError, f"manifest {manifest} repeats column(s) {', '.join(duplicated)}",
@@ -339,8 +395,9 @@ def read_manifest(path: str | os.PathLike[str], *, mask_column: str | None = Non
         return ref, build
 
     items, failures = _collect(builder(line, row) for line, row in rows)
-    info = {"manifest": str(manifest.resolve()), "rows": len(rows),
-            "ignored_columns": [c for c in header if c not in known]}
+    ignored = [c for c in header if c not in known]
+    info = {"manifest": str(manifest.resolve()), "rows": len(rows), "ignored_columns": ignored,
+            "warnings": column_warnings(ignored, known)}
     return Ingested(items, failures, info)
 
 

@@ -4,42 +4,53 @@ One run:
 
 1. resolve parameters (:class:`~data_prep.preprocess.PreprocessParams`) and read the source
    (:mod:`data_prep.ingest`: cheap row checks, bad rows become failures);
-2. create the store, or reopen it after checking it was made with the same parameters, and take
-   its lock (``<store>/prep.lock``: two runs writing one store would delete each other's
-   staging files);
-3. remove staging leftovers of an interrupted run and skip volume ids already published — this
-   is what makes a rerun resume;
-4. run one task per remaining input on the chosen cluster (:mod:`data_prep.cluster`); each
-   task loads, validates, preprocesses and publishes its volume atomically
-   (:mod:`data_prep.worker`), so a crash at any point leaves only complete volumes visible;
-5. finalize the store (splits, metadata statistics, ``table.csv``), write
-   ``<store>/prep_report.json`` and print the summary.
+2. check ``out`` (:func:`check_out_path`): prep never deletes or mixes with files it did not
+   create, so a file, a non-empty folder that is not a store, the input folder itself, a folder
+   that contains the inputs, or (for BraTS/slice folders, which are scanned) a folder inside the
+   input folder is refused. A new folder next to a manifest, inside its folder, is fine: the
+   manifest lists its files, so the store is never read as input;
+3. create the store (exclusively: only in a new or empty folder), or reopen it after checking it
+   was made with the same parameters, and take its lock (``<store>/prep.lock``: two runs writing
+   one store would delete each other's staging files);
+4. mark the store incomplete (``prep_incomplete.json``), remove staging leftovers of an
+   interrupted run and skip volume ids already published — this is what makes a rerun resume;
+5. run one task per remaining input on the chosen cluster (:mod:`data_prep.cluster`); each
+   task loads, validates (within the per-volume memory limit), preprocesses and publishes its
+   volume atomically (:mod:`data_prep.worker`), so a crash at any point leaves only complete
+   volumes visible. A full disk stops the run early (every later write would fail too);
+6. if no write failed and no worker was lost, finalize the store (splits, metadata statistics,
+   ``table.csv``); write ``<store>/prep_report.json`` (or say plainly on stderr why it could not
+   be written); only when all of that succeeded remove the incomplete marker. Print the summary.
 
-Errors that stop a run before any work (unreadable manifest, missing columns, store made with
-other parameters, store locked, bad options) raise ManifestError/StoreError/ConfigError — the
-CLI exits with 2 for those. Otherwise :class:`PrepResult.exit_code` says 0/1/2.
+Errors that stop a run before any work (unreadable manifest, missing columns, an --out that is
+unsafe, store made with other parameters, store locked, bad options) raise
+ManifestError/StoreError/ConfigError — the CLI exits with 2 for those. Otherwise :class:`PrepResult.exit_code` says 0/1/2.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from bsynth_hpc.constants import DEFAULT_SHAPE, DEFAULT_SPACING
 from bsynth_hpc.data.finalize import STRATIFY_CHOICES, finalize_store
 from bsynth_hpc.data.splits import check_fractions
-from bsynth_hpc.data.store import REPORT_NAME, StoreLayout, VolumeStore
+from bsynth_hpc.data.store import (REPORT_NAME, StoreLayout, StoreWriteError, VolumeStore, store_error,
+                                   write_failure)
 from bsynth_hpc.errors import ConfigError, StoreError
 
 from .cluster import check_cluster_args, map_unordered
-from .ingest import PrepSource, WorkItem, collect
+from .ingest import Ingested, PrepSource, WorkItem, collect
+from .loading import max_volume_bytes
 from .preprocess import PreprocessParams
-from .report import Failure, PrepResult, failure_from_exception, format_summary, write_report
+from .report import Failure, PrepResult, failure_from_exception, format_summary, needs_rerun, write_report
 from .worker import DONE, SKIPPED, process_item
 
 __all__ = ["PrepSource", "PrepResult", "run_prep", "resolve_params", "DEFAULT_SLICE_SHAPE", "LOCK_NAME"]
@@ -98,6 +109,47 @@ def _check_store_params(store: VolumeStore, params: PreprocessParams) -> None:
                          "parameters to add volumes, or write to a new --out store")
 
 
+def source_root(source: PrepSource) -> Path:
+    """The input folder: the manifest's folder, or the BraTS / slice root."""
+    path = source.path.resolve()
+    return path.parent if source.kind == "manifest" else path
+
+
+def check_out_is_folder(out: Path) -> None:
+    """StoreError (exit 2) when ``out`` names an existing file: a store is a folder."""
+    if out.exists() and not out.is_dir():
+        raise store_error(f"--out {out} is a file, not a folder (a store is a folder)",
+                          "pass a folder path that does not exist yet, e.g. data/store.zarr")
+
+
+def check_out_path(out: Path, source: PrepSource, items: Sequence[WorkItem]) -> None:
+    """StoreError when writing the store at ``out`` could overwrite, delete or mix with the inputs.
+
+    Refused: ``out`` equal to the input folder or containing it, ``out`` containing any input
+    file (allow_outside_root inputs included), and for BraTS/slice folders ``out`` inside the
+    input folder (the next run would scan the store as a case/class folder).
+    """
+    check_out_is_folder(out)
+    target, root = out.resolve(), source_root(source)
+    away = f"pass an --out outside {root}, e.g. {root.parent / (root.name + '.zarr')}"
+    if target == root or root.is_relative_to(target):
+        what = "is" if target == root else "contains"
+        raise store_error(f"--out {out} {what} the input folder {root}; prep never writes over its inputs", away)
+    if source.kind != "manifest" and target.is_relative_to(root):
+        raise store_error(f"--out {out} lies inside the {source.kind} folder {root}, which prep scans for inputs",
+                          away)
+    inside = [p for it in items for p in (it.source_path, it.mask_path) if p and Path(p).is_relative_to(target)]
+    if inside:
+        raise store_error(f"--out {out} contains {len(inside)} input file(s), e.g. {inside[0]}; prep never "
+                          "writes over its inputs", "pass a new --out path outside the input files")
+
+
+def _warn_columns(ingested: Ingested) -> None:
+    """Print the source's warnings (e.g. a misspelt metadata column) on stderr before any work."""
+    for warning in ingested.info.get("warnings", []):
+        print(f"[prep] warning: {warning}", file=sys.stderr, flush=True)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -128,8 +180,12 @@ def store_lock(store_path: Path) -> Iterator[Path]:
             raise StoreError(
                 f"{store_path} is being written by another prep run (host {holder.get('host')}, pid "
                 f"{holder.get('pid')}): wait for it, or if that run is dead delete {lock}") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(me, fh)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(me, fh)
+        except OSError as exc:  # e.g. disk full: an empty lock would block every later run
+            lock.unlink(missing_ok=True)
+            raise write_failure(exc, f"the lock file {lock}") from None
         break
     else:  # pragma: no cover - only when another run re-creates the lock between our two tries
         raise StoreError(f"could not take the lock {lock}: another prep run started at the same time")
@@ -145,28 +201,81 @@ def _progress_line(i: int, n: int, failed: int, elapsed: float, since_first: flo
     return f"[prep] {i}/{n} processed ({failed} failed), {elapsed:.0f} s{eta}"
 
 
+@dataclass
+class _Executed:
+    """What the task loop produced."""
+
+    done: int = 0
+    skipped: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    not_attempted: int = 0
+
+
 def _execute(items: list[WorkItem], params: PreprocessParams, store: VolumeStore, cluster: str, workers: int,
-             cluster_options: Mapping[str, Any] | None, progress: bool) -> tuple[int, int, list[Failure]]:
-    """Run the tasks; (done, skipped-by-worker, failures)."""
-    done = skipped = 0
-    failures: list[Failure] = []
+             cluster_options: Mapping[str, Any] | None, progress: bool, max_bytes: int) -> _Executed:
+    """Run the tasks; stop early when the disk is full (every later write would fail the same way)."""
+    out = _Executed()
+    failures = out.failures
     step, t0, t_first = max(1, len(items) // 20), time.perf_counter(), 0.0
-    for i, (item, outcome) in enumerate(
-            map_unordered(process_item, items, (params, str(store.path)), kind=cluster, workers=workers,
-                          options=cluster_options), start=1):
-        if isinstance(outcome, BaseException):  # the task could not run (lost worker, ...)
-            failures.append(failure_from_exception(outcome, item.ref, "worker"))
-        elif outcome.status == DONE:
-            done += 1
-        elif outcome.status == SKIPPED:
-            skipped += 1
-        else:
-            failures.append(outcome.failure)
-        now = time.perf_counter()
-        t_first = t_first or now
-        if progress and (i % step == 0 or i == len(items)):
-            print(_progress_line(i, len(items), len(failures), now - t0, now - t_first), file=sys.stderr, flush=True)
-    return done, skipped, failures
+    results = map_unordered(process_item, items, (params, str(store.path), max_bytes), kind=cluster,
+                            workers=workers, options=cluster_options)
+    with closing(results):  # closing it shuts the cluster down, cancelling what did not run
+        for i, (item, outcome) in enumerate(results, start=1):
+            if isinstance(outcome, BaseException):  # the task could not run (lost worker, ...)
+                failures.append(failure_from_exception(outcome, item.ref, "worker"))
+            elif outcome.status == DONE:
+                out.done += 1
+            elif outcome.status == SKIPPED:
+                out.skipped += 1
+            else:
+                failures.append(outcome.failure)
+            now = time.perf_counter()
+            t_first = t_first or now
+            if progress and (i % step == 0 or i == len(items)):
+                print(_progress_line(i, len(items), len(failures), now - t0, now - t_first), file=sys.stderr,
+                      flush=True)
+            if failures and _disk_full(failures[-1]) and i < len(items):
+                out.not_attempted = len(items) - i
+                print(f"[prep] the store's disk is full: stopping, {out.not_attempted} inputs not attempted",
+                      file=sys.stderr, flush=True)
+                break
+    return out
+
+
+def _disk_full(failure: Failure) -> bool:
+    return failure.stage == "write" and failure.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _finish(store: VolumeStore, result: PrepResult, source_info: Mapping[str, Any], ready: bool) -> None:
+    """Report and completion marker after the finalize step: the marker goes only if all succeeded."""
+    result.published = len(store.volume_ids())
+    result.complete = ready
+    try:
+        write_report(result, source_info)
+    except OSError as exc:
+        result.complete = False
+        problem = write_failure(exc, f"the report {result.report_path}")
+        result.problems.append(str(problem))
+        print(f"[prep] error: {problem}; the store stays marked incomplete", file=sys.stderr, flush=True)
+    if result.complete:
+        store.mark_complete()
+        return
+    reason = _incomplete_reason(result)
+    try:
+        store.mark_incomplete(run_started=result.run_started, inputs=result.total, expected=result.expected,
+                              reason=reason)
+    except StoreError:
+        pass  # the marker from the start of the run is still there: the store reads as incomplete
+
+
+def _incomplete_reason(result: PrepResult) -> str:
+    """Why a run left the store incomplete, in one clause (for `bsynth info`)."""
+    rerun = [f for f in result.failures if needs_rerun(f)]
+    if rerun:
+        return f"{len(rerun)} volume(s) could not be written or processed (first: {rerun[0].message})"
+    if result.problems:
+        return result.problems[0]
+    return "the last prep run did not finish"
 
 
 def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[int] | None = None,
@@ -176,13 +285,15 @@ def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[in
              cluster_options: Mapping[str, Any] | None = None, chunks: Sequence[int] | None = None,
              compressor: Mapping[str, Any] | None = None, dtype: str = "float16",
              splits: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, progress: bool = True,
-             stratify: str | None = None) -> PrepResult:
+             stratify: str | None = None, max_volume_mb: float | None = None) -> PrepResult:
     """Preprocess every input of ``source`` into the store ``out`` (see the module docstring).
 
     shape/spacing default to 192x224x160 at 1 mm for volumes and 256x256 for slices; chunks,
     compressor and dtype apply when the store is created (an existing store keeps its own).
     ``stratify`` (None = stable hash split, or "dataset" | "modalities" | "label") is passed to
-    :func:`bsynth_hpc.data.finalize.finalize_store`.
+    :func:`bsynth_hpc.data.finalize.finalize_store`. ``max_volume_mb`` bounds the memory one input
+    may need (None: ``$BSYNTH_MAX_VOLUME_MB`` or 512 MiB, see :func:`data_prep.loading.max_volume_bytes`);
+    larger inputs are reported as failed without being read.
     """
     t0 = time.perf_counter()
     params = resolve_params(source, shape, spacing, normalize, clip_percentiles, mask)
@@ -190,17 +301,25 @@ def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[in
     check_fractions(splits)
     if stratify is not None and stratify not in STRATIFY_CHOICES:
         raise ConfigError(f"stratify={stratify!r} is not supported: use None or one of {', '.join(STRATIFY_CHOICES)}")
+    max_bytes = max_volume_bytes(max_volume_mb)
+    out_path = Path(out).absolute()
+    check_out_is_folder(out_path)
     ingested = collect(source, mask_column=params.mask_column, allow_outside_root=allow_outside_root)
+    _warn_columns(ingested)
+    check_out_path(out_path, source, ingested.items)
     layout = StoreLayout(kind=source.store_kind, shape=params.shape, spacing=params.spacing, dtype=dtype,
                          chunks=tuple(chunks) if chunks else None, compressor=compressor)
-    store = VolumeStore.create_or_open(Path(out).absolute(), layout, preprocessing=params.as_dict())
+    store = VolumeStore.create_or_open(out_path, layout, preprocessing=params.as_dict())
     _check_store_params(store, params)
     parameters = {**params.as_dict(), "dtype": store.dtype, "chunks": store.info.get("chunks"),
                   "compressor": store.info.get("compressor"), "cluster": cluster, "workers": workers,
                   "allow_outside_root": allow_outside_root, "splits": list(splits), "seed": seed,
-                  "stratify": stratify}
+                  "stratify": stratify, "max_volume_mb": max_bytes / 2**20}
 
     with store_lock(store.path):
+        started = time.time()
+        store.mark_incomplete(run_started=started, inputs=ingested.total, expected=len(ingested.items),
+                              reason="running")
         store.remove_staging()
         todo = [it for it in ingested.items if not store.has_volume(it.volume_id)]
         skipped = len(ingested.items) - len(todo)
@@ -208,21 +327,30 @@ def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[in
             print(f"[prep] {ingested.total} inputs: {len(todo)} to process, {skipped} already in {store.path}, "
                   f"{len(ingested.failures)} rejected up front; cluster={cluster}, workers={workers}",
                   file=sys.stderr, flush=True)
-        done, skipped_late, worker_failures = _execute(todo, params, store, cluster, workers, cluster_options,
-                                                       progress)
+        run = _execute(todo, params, store, cluster, workers, cluster_options, progress, max_bytes)
         store.remove_staging()  # empty unless a task died mid-write; the lock says no one else writes
         # workers finish in any order: sort so the report does not depend on the cluster
-        failures = ingested.failures + sorted(worker_failures, key=lambda f: f.volume_id or "")
-        result = PrepResult(store_path=store.path, kind=store.kind, total=ingested.total, done=done,
-                            skipped=skipped + skipped_late, failures=failures,
-                            report_path=store.path / REPORT_NAME, elapsed_s=0.0, parameters=parameters)
+        failures = ingested.failures + sorted(run.failures, key=lambda f: f.volume_id or "")
+        result = PrepResult(store_path=store.path, kind=store.kind, total=ingested.total, done=run.done,
+                            skipped=skipped + run.skipped, failures=failures,
+                            report_path=store.path / REPORT_NAME, elapsed_s=0.0, parameters=parameters,
+                            complete=False, expected=len(ingested.items), not_attempted=run.not_attempted,
+                            run_started=started)
         source_info = {**source.describe(), **ingested.info}
+        ready = not run.not_attempted and not any(needs_rerun(f) for f in failures)
         try:
-            if store.volume_ids():
+            if ready and store.volume_ids():
                 result.finalize = finalize_store(store, fractions=splits, seed=seed, stratify=stratify)
+        except (StoreWriteError, OSError) as exc:  # e.g. disk full writing table.csv or the store info
+            ready = False
+            result.problems.append(f"finalizing the store failed: {exc}")
+        except BaseException as exc:  # e.g. a MetadataError: reported, stays incomplete, then raised
+            ready = False
+            result.problems.append(f"finalizing the store failed: {type(exc).__name__}: {exc}")
+            raise
         finally:
             result.elapsed_s = time.perf_counter() - t0
-            write_report(result, source_info)
+            _finish(store, result, source_info, ready)
     if progress:
         print(format_summary(result), flush=True)
     return result

@@ -4,6 +4,11 @@ A bad input never stops a run: each one becomes a :class:`Failure` (which file, 
 subject/session/modality, what went wrong, how to fix it). The run's failures, counts and
 parameters are written to ``<store>/prep_report.json`` atomically (temporary file + rename), so
 a reader never sees half a report, and summarised on the console naming every bad file.
+
+Two kinds of failure: a bad *input* (unreadable, corrupt, too large, bad metadata) stays bad on a
+rerun, so the store is finalized without it; a failure of the *run* (writing to the store: disk
+full, permissions; a lost worker; out of memory — see :func:`needs_rerun`) leaves the store
+incomplete and unfinalized until the same command is rerun.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ DEFAULT_FIXES: dict[str, str] = {
     "ManifestError": "correct the manifest row or the folder layout",
     "MetadataError": "fix the value in the manifest, or leave the cell empty if it was not recorded",
     "StoreError": "check the store's disk space and permissions, then rerun (published volumes are kept)",
-    "MemoryError": "give each worker more memory (cluster_options memory / memory_limit) or use fewer workers per node",
+    "MemoryError": "give each worker more memory (cluster_options memory / memory_limit; about 4x --max-volume-mb) "
+                   "or use fewer workers per node, then rerun",
     "KilledWorker": "the worker process died, usually out of memory: give workers more memory "
                     "(cluster_options memory / memory_limit) or fewer threads, then rerun",
 }
@@ -63,6 +69,8 @@ class Failure:
     fix: str
     traceback: str | None = None
     """Only for unexpected errors (bugs), to report them."""
+    errno: int | None = None
+    """The OS error number for write failures (e.g. ENOSPC), else None."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,9 +99,19 @@ def failure_from_exception(exc: BaseException, ref: InputRef, stage: str) -> Fai
     fix = (getattr(exc, "fix", None) or DEFAULT_FIXES.get(error_type)
            or ("see the message" if known else UNEXPECTED_FIX))
     trace = None if known else "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    code = getattr(exc, "errno", None)
     return Failure(source_path=ref.source_path, subject=ref.subject, session=ref.session, dataset=ref.dataset,
                    modality=ref.modality, volume_id=ref.volume_id, origin=ref.origin, stage=stage,
-                   error_type=error_type, message=message, fix=fix, traceback=trace)
+                   error_type=error_type, message=message, fix=fix, traceback=trace,
+                   errno=code if isinstance(code, int) else None)
+
+
+RERUN_STAGES: frozenset[str] = frozenset({"write", "worker"})
+
+
+def needs_rerun(failure: Failure) -> bool:
+    """True when the failure is the run's, not the input's (the store stays incomplete until a rerun)."""
+    return failure.stage in RERUN_STAGES or failure.error_type == "MemoryError"
 
 
 @dataclass
@@ -114,6 +132,19 @@ class PrepResult:
     finalize: dict[str, Any] | None = None
     """What finalize_store returned (splits, metadata statistics, labels), None if nothing is stored."""
     parameters: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True
+    """False when the run could not finish the store (write failure, lost worker, report not written):
+    the store keeps its ``prep_incomplete.json`` marker and is not finalized."""
+    published: int = 0
+    """Volumes in the store after the run (earlier runs included)."""
+    expected: int = 0
+    """Volumes the store should hold: inputs that passed the up-front checks."""
+    not_attempted: int = 0
+    """Inputs left unprocessed because the run stopped early (disk full)."""
+    problems: list[str] = field(default_factory=list)
+    """Run-level errors (finalize or report could not be written), for the report and the console."""
+    run_started: float | None = None
+    """Wall-clock start of the run (ties the report to the store's incomplete marker)."""
 
     @property
     def failed(self) -> int:
@@ -121,10 +152,14 @@ class PrepResult:
 
     @property
     def exit_code(self) -> int:
-        """0 all inputs are in the store, 1 some failed (the rest are stored), 2 none could be stored."""
+        """0 all inputs are in the store, 1 some failed or the store is incomplete (what could be stored
+        is), 2 nothing is stored."""
+        stored = self.done + self.skipped > 0 or self.published > 0
+        if not self.complete:
+            return 1 if stored else 2
         if not self.failures:
             return 0
-        return 1 if self.done + self.skipped > 0 else 2
+        return 1 if stored else 2
 
 
 def write_report(result: PrepResult, source: Mapping[str, Any]) -> Path:
@@ -135,21 +170,30 @@ def write_report(result: PrepResult, source: Mapping[str, Any]) -> Path:
         "kind": result.kind,
         "source": dict(source),
         "parameters": result.parameters,
+        "state": "complete" if result.complete else "incomplete",
+        "run_started": result.run_started,
         "counts": {"total": result.total, "done": result.done, "skipped": result.skipped,
                    "failed": result.failed},
+        "volumes": {"published": result.published, "expected": result.expected,
+                    "not_attempted": result.not_attempted},
         "exit_code": result.exit_code,
+        "problems": list(result.problems),
         "elapsed_s": round(result.elapsed_s, 3),
         "finalize": _finalize_summary(result.finalize),
         "failures": [f.as_dict() for f in result.failures],
     }
     path = Path(result.report_path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written temp file left behind (e.g. disk full)
+        raise
     return path
 
 
@@ -174,5 +218,11 @@ def format_summary(result: PrepResult, max_listed: int = 50) -> str:
         lines.append(f"  ... and {result.failed - max_listed} more")
     if result.failures:
         lines.append(f"  full list: {result.report_path}")
+    lines.extend(f"  ERROR {problem}" for problem in result.problems)
+    if not result.complete:
+        stopped = f", {result.not_attempted} inputs not attempted" if result.not_attempted else ""
+        lines.append(f"  INCOMPLETE: {result.published} of {result.expected} volumes published{stopped}; the store "
+                     "is not finalized. Fix the cause above (e.g. free disk space) and rerun the same command to "
+                     "resume (published volumes are kept)")
     return "\n".join(lines)
 

@@ -58,15 +58,21 @@ def slice_record(item: WorkItem, params: PreprocessParams, sha256: str,
     return record
 
 
-def _brain_mask(item: WorkItem, vol: LoadedVolume) -> np.ndarray | None:
+def _brain_mask(item: WorkItem, vol: LoadedVolume, max_bytes: int | None) -> np.ndarray | None:
     if not item.mask_path:
         return None
-    mask = load_nifti(item.mask_path, check_data=False)
+    mask = load_nifti(item.mask_path, check_data=False, max_bytes=max_bytes)
     return mask_on_image_grid(mask.data, mask.affine, vol.shape, vol.affine)
 
 
-def process_item(item: WorkItem, params: PreprocessParams, store_path: str) -> Outcome:
-    """Preprocess one input and publish it; never raises (errors come back as a failed Outcome)."""
+def process_item(item: WorkItem, params: PreprocessParams, store_path: str,
+                 max_bytes: int | None = None) -> Outcome:
+    """Preprocess one input and publish it; never raises (errors come back as a failed Outcome).
+
+    ``max_bytes``: the per-volume memory limit checked before any voxel is read (None: the
+    default or ``$BSYNTH_MAX_VOLUME_MB``, see :func:`data_prep.loading.max_volume_bytes`). It is
+    passed explicitly because environment variables do not reach SLURM workers reliably.
+    """
     stage = "write"
     try:
         store = VolumeStore(store_path)
@@ -74,13 +80,13 @@ def process_item(item: WorkItem, params: PreprocessParams, store_path: str) -> O
             return Outcome(item.volume_id, SKIPPED)
         stage = "load"
         if store.kind == "slice2d":
-            image, sha = load_slice_image(item.source_path)
+            image, sha = load_slice_image(item.source_path, max_bytes=max_bytes)
             stage = "preprocess"
             data = preprocess_slice(image, params, source=item.source_path)
             record = slice_record(item, params, sha, image.shape)
         else:
-            vol = load_nifti(item.source_path)
-            mask = _brain_mask(item, vol)
+            vol = load_nifti(item.source_path, max_bytes=max_bytes)
+            mask = _brain_mask(item, vol, max_bytes)
             stage = "preprocess"
             out = preprocess_volume(vol.data, vol.affine, params, brain_mask=mask, source=item.source_path)
             data, record = out.data, volume_record(item, params, vol, out.affine)

@@ -16,7 +16,8 @@
 ``load_index`` gives the training-time view: the store info plus one :class:`VolumeEntry` per
 volume, read from ``table.csv`` (one file instead of one ``zarr.json`` per volume, which matters
 with 10^5 volumes on a parallel file system). It refuses a store that was never finalized or
-whose volume set changed since, naming the fix.
+whose volume set changed since, and a store that a prep run left incomplete (killed, disk full,
+write failure: ``prep_incomplete.json`` present), naming the fix.
 """
 from __future__ import annotations
 
@@ -172,6 +173,18 @@ def finalize_store(store: VolumeStore, fractions: Sequence[float] = DEFAULT_FRAC
     return {"splits": splits, "metadata_stats": stats, "labels": labels, "table_csv": str(table)}
 
 
+def describe_incomplete(store: VolumeStore, state: Mapping[str, Any]) -> str:
+    """One sentence for an incomplete store: what happened, how many volumes are in, the fix."""
+    published = len(store.volume_ids())
+    expected = state.get("expected")
+    count = f"{published} of {expected}" if isinstance(expected, int) else f"{published}"
+    reason = state.get("reason") or "the last prep run did not finish (killed, or still running)"
+    if reason == "running":
+        reason = "the last prep run did not finish (killed, or still running)"
+    return (f"{reason}; {count} volumes published, not finalized (no training splits); rerun the same "
+            "`bsynth prep` command to resume (published volumes are kept)")
+
+
 def _published_ids(path: Path) -> set[str]:
     with os.scandir(path / "volumes") as it:
         return {d.name for d in it if d.is_dir() and not d.name.startswith(".")}
@@ -192,7 +205,11 @@ def load_index(store_path: str | os.PathLike[str]) -> tuple[dict[str, Any], list
     path = Path(store_path)
     if not path.exists():
         raise StoreError(f"store {path} does not exist: check the path or build it with `bsynth prep --out {path}`")
-    info = VolumeStore(path).info
+    store = VolumeStore(path)
+    state = store.incomplete_state()
+    if state is not None:
+        raise StoreError(f"store {path} is incomplete: {describe_incomplete(store, state)}")
+    info = store.info
     table = path / TABLE_NAME
     if not info.get("splits") or info.get("metadata_stats") is None or not table.exists():
         raise StoreError(

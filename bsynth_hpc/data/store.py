@@ -8,12 +8,22 @@ Layout (format version 1)::
                                     attrs["record"] = the volume's row of the subject/modality table
       table.csv                     the table, rewritten by `finalize()` (derivable from the records)
       prep_report.json              machine-readable preprocessing report (written by data_prep)
-    STORE.zarr.staging/             sibling directory where arrays are written before publication
+      prep_incomplete.json          present while a prep run has not finished cleanly (see below)
+      .staging/                     where arrays are written before publication (inside the store:
+                                    cleaning it can never touch a file prep did not create)
 
 Why one array per volume: a volume becomes visible only by a single `os.rename` of a
 finished array directory into `volumes/`, so a crash mid-write never leaves a half-written
 volume in the store, and a rerun simply skips volume ids that already exist (resume). The
 record lives in the array's own attributes, so data and metadata are published together.
+
+Creation never deletes anything: a store is created only in a new or empty folder (zarr mode
+"w-"); an existing file or non-empty folder that is not a bsynth store is refused with the fix.
+
+Completeness: ``bsynth prep`` writes ``prep_incomplete.json`` before it publishes anything and
+removes it only after the store is finalized and its report written. A run that is killed, runs
+out of disk space or fails to write leaves the marker, so :meth:`VolumeStore.incomplete_state`
+(and ``bsynth info``, ``load_index``) report the store as incomplete instead of finished.
 
 Store-level attrs["bsynth"]: format_version, kind ("volume3d" | "slice2d"), shape, spacing,
 dtype, chunks, compressor, preprocessing parameters, metadata_stats (z-score statistics of
@@ -21,9 +31,11 @@ the continuous metadata fields over the training split), splits (fractions and s
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +74,62 @@ def default_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 TABLE_NAME = "table.csv"
 REPORT_NAME = "prep_report.json"
+INCOMPLETE_NAME = "prep_incomplete.json"
+STAGING_NAME = ".staging"
+_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class StoreWriteError(StoreError):
+    """Writing to the store failed (disk full, quota, permissions, I/O): a rerun can fix it."""
+
+
+def store_error(problem: str, fix: str, err: int | None = None,
+                kind: type[StoreError] = StoreError) -> StoreError:
+    """A StoreError whose message names the problem and the fix (kept apart for the prep report)."""
+    exc = kind(f"{problem}; fix: {fix}")
+    exc.problem, exc.fix, exc.errno = problem, fix, err  # type: ignore[attr-defined]
+    return exc
+
+
+def write_failure(exc: OSError, what: str) -> StoreWriteError:
+    """The StoreError for an OSError while writing ``what``: disk full/quota named as such, errno kept."""
+    code = exc.errno
+    if code in _SPACE_ERRNOS:
+        reason = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
+        fix = ("free disk space (or write the store to a larger file system) and rerun the same command: "
+               "volumes already published are kept")
+    else:
+        reason = exc.strerror or str(exc)
+        fix = "check the store's permissions and file system, then rerun the same command to resume"
+    name = errno.errorcode.get(code, "") if code else ""
+    return store_error(f"cannot write {what}: {reason}" + (f" ({name})" if name else ""), fix, code,
+                       StoreWriteError)  # type: ignore[return-value]
+
+
+def _remove_quietly(path: Path) -> None:
+    """Delete a temporary file or folder of ours; deleting needs no space, so this works on a full disk."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def check_creatable(path: Path) -> None:
+    """StoreError unless ``path`` is absent or an empty folder (a store is never created over files)."""
+    if path.exists() and not path.is_dir():
+        raise store_error(f"{path} is a file, not a folder (a store is a folder)",
+                          "pass a folder path that does not exist yet, e.g. data/store.zarr")
+    if path.is_dir():
+        entries = sorted(p.name for p in path.iterdir())
+        if entries:
+            shown = ", ".join(entries[:3]) + (f", ... ({len(entries)} entries)" if len(entries) > 3 else "")
+            raise store_error(
+                f"{path} exists, is not a bsynth store and is not empty (holds {shown}); prep only creates a "
+                "store in a new or empty folder and never deletes files it did not create",
+                f"pass a new --out path, e.g. {path.parent / (path.name + '.zarr')} or {path / 'store.zarr'}")
 
 
 @dataclass(frozen=True)
@@ -134,19 +202,24 @@ class VolumeStore:
                        preprocessing: Mapping[str, Any] | None = None) -> "VolumeStore":
         """Create a new store, or open an existing one after checking its layout matches."""
         path = Path(path)
-        if (path / "zarr.json").exists():
-            store = cls(path)
-            have = (store.kind, tuple(store.shape), store.dtype)
-            want = (layout.kind, tuple(layout.shape), layout.dtype)
-            if have != want:
-                raise StoreError(
-                    f"{path} already holds {have[0]} volumes of shape {have[1]} ({have[2]}), but this run "
-                    f"asks for {want[0]} {want[1]} ({want[2]}): use a new --out path or the same --shape"
-                )
-            return store
-        root = zarr.open_group(str(path), mode="w")
-        root.create_group("volumes")
-        root.attrs["bsynth"] = _jsonable({
+        if not (path / "zarr.json").exists():
+            cls._create(path, layout, preprocessing)
+        store = cls(path)
+        have = (store.kind, tuple(store.shape), store.dtype)
+        want = (layout.kind, tuple(layout.shape), layout.dtype)
+        if have != want:
+            raise StoreError(
+                f"{path} already holds {have[0]} volumes of shape {have[1]} ({have[2]}), but this run "
+                f"asks for {want[0]} {want[1]} ({want[2]}): use a new --out path or the same --shape"
+            )
+        store._root.require_group("volumes")  # a creation interrupted before this point
+        return store
+
+    @staticmethod
+    def _create(path: Path, layout: StoreLayout, preprocessing: Mapping[str, Any] | None) -> None:
+        """Create the store's root group exclusively (mode "w-"), attributes included in one write."""
+        check_creatable(path)
+        info = _jsonable({
             "format_version": FORMAT_VERSION,
             "kind": layout.kind,
             "shape": list(layout.shape),
@@ -157,7 +230,16 @@ class VolumeStore:
             "preprocessing": dict(preprocessing or {}),
             "metadata_stats": None,
         })
-        return cls(path)
+        try:
+            root = zarr.open_group(str(path), mode="w-", attributes={"bsynth": info})
+        except FileExistsError:
+            if (path / "zarr.json").exists():
+                return  # another process created it meanwhile: open theirs
+            raise store_error(f"{path} could not be created exclusively (something else is writing there)",
+                              "pass a new --out path") from None
+        except OSError as exc:
+            raise write_failure(exc, f"the store {path}") from None
+        root.require_group("volumes")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -179,7 +261,8 @@ class VolumeStore:
 
     @property
     def staging_dir(self) -> Path:
-        return self.path.parent / (self.path.name + ".staging")
+        """Where arrays are written before their atomic publication (inside the store)."""
+        return self.path / STAGING_NAME
 
     def update_info(self, **fields: Any) -> None:
         """Merge fields into the store-level attributes (e.g. metadata_stats, splits)."""
@@ -190,6 +273,8 @@ class VolumeStore:
     def volume_ids(self) -> list[str]:
         """Ids of every published volume, sorted."""
         vdir = self.path / "volumes"
+        if not vdir.is_dir():
+            return []
         return sorted(p.name for p in vdir.iterdir() if (p / "zarr.json").exists())
 
     def has_volume(self, volume_id: str) -> bool:
@@ -207,8 +292,22 @@ class VolumeStore:
         final = self.path / "volumes" / volume_id
         if final.exists():
             return
-        self.staging_dir.mkdir(exist_ok=True)
         tmp = self.staging_dir / f"{volume_id}.{uuid.uuid4().hex}"
+        try:
+            self.staging_dir.mkdir(exist_ok=True)
+            self._write_staged(tmp, data, record, volume_id)
+            os.rename(tmp, final)
+        except OSError as exc:
+            _remove_quietly(tmp)
+            if final.exists():  # another writer published the same id first: keep theirs
+                return
+            raise write_failure(exc, f"volume {volume_id} to {self.path}") from None
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+
+    def _write_staged(self, tmp: Path, data: np.ndarray, record: Mapping[str, Any], volume_id: str) -> None:
+        """Write the array and its record into the staging folder ``tmp`` (not yet visible)."""
         compressor = _blosc(self._info["compressor"])
         arr = zarr.create_array(
             store=str(tmp), shape=self.shape, chunks=tuple(self._info["chunks"]), dtype=self.dtype,
@@ -216,13 +315,6 @@ class VolumeStore:
         )
         arr[...] = np.asarray(data, dtype=self.dtype)
         arr.attrs["record"] = _jsonable({**dict(record), "volume_id": volume_id})
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            # Another writer published the same id first: keep theirs, drop ours.
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not final.exists():
-                raise
 
     def open_volume(self, volume_id: str) -> zarr.Array:
         """The zarr array of one volume (lazy: nothing is read until indexed)."""
@@ -248,6 +340,35 @@ class VolumeStore:
         """Delete leftovers of interrupted writes (never visible in the store)."""
         shutil.rmtree(self.staging_dir, ignore_errors=True)
 
+    # ------------------------------------------------------------------ completeness
+    def mark_incomplete(self, **facts: Any) -> None:
+        """Write ``prep_incomplete.json`` (atomically) with ``facts``; StoreError if it cannot be written."""
+        marker = self.path / INCOMPLETE_NAME
+        tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(_jsonable({"updated": time.time(), **facts}), fh, indent=2)
+                fh.write("\n")
+            os.replace(tmp, marker)
+        except OSError as exc:
+            _remove_quietly(tmp)
+            raise write_failure(exc, f"{marker}") from None
+
+    def mark_complete(self) -> None:
+        """Remove the incomplete marker (the last step of a successful prep run)."""
+        (self.path / INCOMPLETE_NAME).unlink(missing_ok=True)
+
+    def incomplete_state(self) -> dict[str, Any] | None:
+        """None for a complete store, else the marker's facts ({} if unreadable: the run died writing it)."""
+        marker = self.path / INCOMPLETE_NAME
+        if not marker.exists():
+            return None
+        try:
+            facts = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return facts if isinstance(facts, dict) else {}
+
     # ------------------------------------------------------------------ table
     def table(self):
         """The subject/modality table as a pandas DataFrame, one row per published volume.
@@ -270,8 +391,12 @@ class VolumeStore:
                 flat[col] = flat[col].map(lambda v: json.dumps(v) if isinstance(v, (dict, list)) else v)
         out = self.path / TABLE_NAME
         tmp = out.with_suffix(".csv.tmp")
-        flat.to_csv(tmp, index=False)
-        os.replace(tmp, out)
+        try:
+            flat.to_csv(tmp, index=False)
+            os.replace(tmp, out)
+        except OSError as exc:
+            _remove_quietly(tmp)
+            raise write_failure(exc, f"{out}") from None
         return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .finalize import describe_incomplete
 from .store import REPORT_NAME, VolumeStore
 
 
@@ -37,8 +38,8 @@ def store_summary(path: str | Path) -> dict[str, Any]:
     n = len(records)
     raw_bytes = n * int(np.prod(store.shape)) * np.dtype(store.dtype).itemsize
     disk = _dir_bytes(store.path / "volumes")
-    report_path = store.path / REPORT_NAME
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report = _read_report(store.path / REPORT_NAME)
+    state = store.incomplete_state()
     return {
         "store": str(store.path),
         "kind": store.kind,
@@ -56,7 +57,27 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         "bytes_on_disk": disk,
         "bytes_uncompressed": raw_bytes,
         "failures": report.get("failures", []),
+        "complete": state is None,
+        "incomplete": None if state is None else describe_incomplete(store, state),
+        "report_current": _report_is_current(report, state),
     }
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    """The prep report, {} when absent or unreadable (a run that died writing it)."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _report_is_current(report: dict[str, Any], state: dict[str, Any] | None) -> bool:
+    """Whether the report describes the latest prep run (an interrupted run leaves an older one)."""
+    if state is None:
+        return bool(report)
+    started = state.get("run_started")
+    return bool(report) and started is not None and report.get("run_started") == started
 
 
 def format_store_summary(path: str | Path) -> str:
@@ -77,10 +98,19 @@ def format_store_summary(path: str | Path) -> str:
         f"size        {s['bytes_on_disk'] / 2**20:.1f} MiB on disk, {s['bytes_uncompressed'] / 2**20:.1f} MiB raw "
         f"(compression {ratio:.2f}x)",
     ]
-    if s["failures"]:
-        lines.append(f"failed      {len(s['failures'])} input(s), see {Path(s['store']) / REPORT_NAME}:")
-        for f in s["failures"]:
-            lines.append(f"  - {f.get('source_path')}: {f.get('error_type')}: {f.get('message')}")
-    else:
-        lines.append("failed      none")
+    lines.append(f"state       {'complete' if s['complete'] else 'INCOMPLETE: ' + s['incomplete']}")
+    lines.extend(_failure_lines(s))
     return "\n".join(lines)
+
+
+def _failure_lines(s: dict[str, Any]) -> list[str]:
+    """The "failed" lines: the latest report's failures, or "unknown" when that run left no report."""
+    report = Path(s["store"]) / REPORT_NAME
+    if not s["report_current"] and not s["complete"]:
+        return ["failed      unknown: the last prep run wrote no report (see state); rerun it to resume"]
+    if not s["failures"]:
+        return ["failed      none" if s["complete"]
+                else "failed      no input failed, yet the store is incomplete (see state)"]
+    lines = [f"failed      {len(s['failures'])} input(s), see {report}:"]
+    lines += [f"  - {f.get('source_path')}: {f.get('error_type')}: {f.get('message')}" for f in s["failures"]]
+    return lines
