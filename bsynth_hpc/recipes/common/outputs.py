@@ -22,7 +22,7 @@ import numpy as np
 from ...errors import ConfigError
 
 __all__ = ["write_samples", "write_nifti", "write_preview", "triplanar", "write_samples_csv", "store_affine",
-           "read_samples_csv", "continue_numbering",
+           "read_samples_csv", "continue_numbering", "resample_to_grid", "native_grid",
            "decode_latents", "decode_tile_from_env"]
 
 SAMPLES_CSV = "samples.csv"
@@ -126,9 +126,53 @@ def write_preview(volume: Any, path: str | os.PathLike[str], scale: int = 2) -> 
     return path
 
 
+def resample_to_grid(volume: Any, affine: Any, shape: Sequence[int], target_affine: Any) -> np.ndarray:
+    """``volume`` (on the grid ``affine``) sampled trilinearly on the grid (``shape``, ``target_affine``):
+    every output voxel takes the value at its own world position, so the result overlays any scan of
+    that grid in world coordinates (0 outside the volume)."""
+    from scipy import ndimage
+
+    src = np.asarray(affine, dtype=np.float64).reshape(4, 4)
+    dst = np.asarray(target_affine, dtype=np.float64).reshape(4, 4)
+    vox = np.linalg.inv(src) @ dst  # target voxel -> source voxel
+    return ndimage.affine_transform(_as_numpy(volume), vox[:3, :3], offset=vox[:3, 3], output_shape=tuple(shape),
+                                    order=1, mode="constant", cval=0.0).astype(np.float32)
+
+
+def native_grid(reference: str | None, store: str | os.PathLike[str] | None) -> tuple[tuple[int, ...], np.ndarray, str]:
+    """The scanner grid of ``--space native``: (shape, affine, what it is).
+
+    ``reference`` is a NIfTI path (its grid) or a volume id of ``store`` (the source scan's grid that
+    prep recorded as ``source_shape``/``source_affine``); None takes the store's first volume."""
+    if reference and Path(reference).is_file():
+        import nibabel as nib
+
+        img = nib.load(str(reference))
+        return tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, dtype=np.float64), str(reference)
+    if store is None or not Path(store).exists():
+        raise ConfigError(f"--space native needs --reference (a NIfTI file or a volume id of the training store); "
+                          f"the training store {store} is not available")
+    from ...data.store import VolumeStore
+
+    s = VolumeStore(store)
+    ids = s.volume_ids()
+    vid = reference or (ids[0] if ids else None)
+    if vid not in ids:
+        raise ConfigError(f"--reference {reference!r} is neither a NIfTI file nor a volume id of {store} "
+                          f"(e.g. {', '.join(ids[:3])})")
+    rec = s.record(vid)
+    if not rec.get("source_affine") or not rec.get("source_shape"):
+        raise ConfigError(f"{store}: volume {vid} records no source grid (source_affine/source_shape): give "
+                          "--reference SCAN.nii.gz")
+    return (tuple(int(v) for v in rec["source_shape"][:3]),
+            np.asarray(rec["source_affine"], dtype=np.float64).reshape(4, 4), f"{vid}'s source scan in {store}")
+
+
 def write_samples(volumes: Any, affine: Any, out_dir: str | os.PathLike[str], names: Sequence[str],
-                  previews: bool = True) -> list[Path]:
-    """Write out_dir/<name>.nii.gz (+ out_dir/previews/<name>.png) for each volume; returns the NIfTI paths."""
+                  previews: bool = True, native: tuple[Sequence[int], Any] | None = None) -> list[Path]:
+    """Write out_dir/<name>.nii.gz (+ out_dir/previews/<name>.png) for each volume; returns the NIfTI paths.
+
+    ``native`` = (shape, affine) resamples each volume onto that scanner grid first (``--space native``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vols = list(volumes) if not isinstance(volumes, np.ndarray) else [volumes[i] for i in range(volumes.shape[0])]
@@ -137,7 +181,11 @@ def write_samples(volumes: Any, affine: Any, out_dir: str | os.PathLike[str], na
     paths = []
     for vol, name in zip(vols, names):
         arr = _as_numpy(vol)
-        paths.append(write_nifti(arr, affine, out / f"{name}.nii.gz"))
+        if native is not None:
+            arr, affine_out = resample_to_grid(arr, affine, native[0], native[1]), native[1]
+        else:
+            affine_out = affine
+        paths.append(write_nifti(arr, affine_out, out / f"{name}.nii.gz"))
         if previews:
             write_preview(arr, out / "previews" / f"{name}.png")
     return paths

@@ -12,8 +12,20 @@ from typing import Any, Mapping
 
 from ...errors import ConfigError, StoreError
 
-__all__ = ["export_weights_sha256", "check_cache_matches_export", "check_cache_is_current",
+__all__ = ["training_store", "export_weights_sha256", "check_cache_matches_export", "check_cache_is_current",
            "check_decoder_matches"]
+
+
+def training_store(latents: str | Path | None, compressor_meta: Mapping[str, Any]) -> str | None:
+    """The volume store behind a denoiser: its latent cache's source store, else the compressor's store."""
+    if latents and (Path(latents) / "zarr.json").exists():
+        from ...data.latent_cache import LatentCache
+
+        store = LatentCache(latents, mode="r").info.get("source_store")
+        if store:
+            return str(store)
+    store = (compressor_meta.get("config") or {}).get("store")
+    return str(store) if store else None
 
 
 def export_weights_sha256(run_dir: str | Path, name: str) -> str | None:
