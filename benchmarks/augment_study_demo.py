@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.common import RESULTS_DIR, environment_info
+from benchmarks.common import LOCAL_RESULTS_DIR, environment_info
 
 METRICS = ("f1", "precision", "recall", "accuracy", "auc_roc", "aucpr")
 CAVEAT = (
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--load", default=None, help="host load note to record (e.g. uptime's load averages)")
     p.add_argument("--timing-run", action="append", default=[], metavar="DIR=NOTE",
                    help="another finished demo folder whose step times are listed too (with a note)")
-    p.add_argument("--out", default=str(RESULTS_DIR / "augment_study_demo"), help="output path without suffix")
+    p.add_argument("--out", default=str(LOCAL_RESULTS_DIR / "augment_study_demo"), help="output path without suffix")
     args = p.parse_args(argv)
     demo = Path(args.demo_dir)
     if args.run:

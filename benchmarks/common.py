@@ -113,9 +113,15 @@ def gbps(bytes_moved: int, ms: float) -> float:
     return bytes_moved / (ms * 1e-3) / 1e9
 
 
+LOCAL_RESULTS_DIR = RESULTS_DIR / "local"
+"""Default output of a benchmark run (git-ignored): a rerun never overwrites the committed results;
+pass the benchmark's --out/--out-dir benchmarks/results to publish a new measurement."""
+
+
 def write_results(name: str, payload: dict[str, Any], out_dir: str | Path | None = None) -> Path:
-    """Write results JSON as `<out_dir>/<name>_<device-tag>.json` and return the path."""
-    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    """Write results JSON as `<out_dir>/<name>_<device-tag>.json` (default ``LOCAL_RESULTS_DIR``) and
+    return the path."""
+    out = Path(out_dir) if out_dir is not None else LOCAL_RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     env = payload.get("environment", {})
     tag = str(env.get("device_name") or env.get("device") or "cpu")

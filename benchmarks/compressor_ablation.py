@@ -38,6 +38,8 @@ COMPRESSORS = ("wf-sa-vae", "wf-vae", "vae-gan", "wavelet-vae")
 LABELS = {"wf-sa-vae": "WF-SA-VAE", "wf-vae": "WF-VAE", "vae-gan": "VAE-GAN", "wavelet-vae": "Wavelet VAE"}
 
 
+PROG = "bsynth bench ablation"  # also `python -m benchmarks.compressor_ablation`
+
 def prepare_store(work: Path, n_subjects: int, seed: int = 0) -> Path:
     from data_prep.demo_cohort import build_demo_cohort
     from data_prep.ingest import PrepSource
@@ -125,7 +127,7 @@ def evaluate(model: torch.nn.Module, held: np.ndarray, lpips_model, per_plane: i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", default=None, help="prepared store (default: build + prep a demo cohort)")
     p.add_argument("--n-subjects", type=int, default=8)
     p.add_argument("--work-dir", default=None, help="where the demo cohort/store go (default: a temp dir)")

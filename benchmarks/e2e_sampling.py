@@ -38,6 +38,8 @@ SIZES = {"full": ((192, 224, 160), "wfdm-vae.yaml", "wfdm-ldm.yaml"),
          "tiny": ((48, 56, 40), "wfdm-vae_tiny.yaml", "wfdm-ldm_tiny.yaml")}
 
 
+PROG = "bsynth bench sampling"  # also `python -m benchmarks.e2e_sampling`
+
 def _recipe(name: str) -> dict[str, Any]:
     return yaml.safe_load((ROOT / "configs" / name).read_text())["recipe"]
 
@@ -114,7 +116,7 @@ def bench_solver(name: str, dcfg: dict[str, Any], steps: int, vae, unet, vol, la
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default=None, help="default: full on CUDA, tiny on CPU")
     p.add_argument("--device", default=None)
     p.add_argument("--runs", type=int, default=30)

@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"full": ((192, 224, 160), "wfdm-vae.yaml"), "tiny": ((48, 56, 40), "wfdm-vae_tiny.yaml")}
 
 
+PROG = "bsynth bench decode"  # also `python -m benchmarks.tiled_decode`
+
 def _rss_mib() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 2**20 if sys.platform == "darwin" else r / 1024.0
@@ -151,7 +153,7 @@ def _compare(whole: np.ndarray, tiled: np.ndarray) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--tiles", type=int, nargs="*", default=[16, 24], help="latent tile edges (overlap = tile // 4)")
     p.add_argument("--runs", type=int, default=3)

@@ -282,7 +282,7 @@ def run_dit3d(args: argparse.Namespace) -> int:
         ("store", f"{store}   (demo-epilepsy T1w, label-stratified splits)"),
         ("VAE-GAN run", f"{runs / 'dit3d-vae'}   (export/vae.safetensors + .json with s_z)"),
         ("latents", str(latents)),
-        ("DiT-3D run", f"{runs / 'dit3d'}   (export/dit.safetensors + dit_info.json)"),
+        ("DiT-3D run", f"{runs / 'dit3d'}   (export/dit.safetensors + dit.json)"),
         ("samples", f"{samples}   (NIfTI + previews/*.png + samples.csv, {n} per class)"),
         ("study", f"{study}   (metrics.md, metrics.json)"),
     ])

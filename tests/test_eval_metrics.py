@@ -323,3 +323,11 @@ def test_synth_protocol_pools_over_the_generated_modalities_and_streams_slice_fi
     expected = fid_from_features(slice_feats(real_vols[:3]), slice_feats(fake_vols))
     assert res["pooled"]["fid2d"] == pytest.approx(expected, rel=1e-6)
     assert res["pooled"]["n_slices_real"] == 3 * real_vols[0].shape[1]
+
+
+def test_small_n_fid_is_flagged_in_the_report():
+    from bsynth_hpc.eval.report import SMALL_N, small_n_warning
+
+    assert "Warning: FID/MMD from 8 real and 6 generated" in small_n_warning({"fid": 1.0, "n_real": 8, "n_fake": 6})[0]
+    assert small_n_warning({"fid": 1.0, "n_real": SMALL_N, "n_fake": SMALL_N}) == []
+    assert small_n_warning({"fid": None, "n_real": 2, "n_fake": 2}) == []

@@ -18,7 +18,7 @@ OPS = ("haar_dwt3d", "group_norm_silu", "window_attention3d")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="bsynth bench kernels", description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--ops", nargs="*", default=list(OPS), choices=OPS)
     parser.add_argument("--quick", action="store_true", help="small shapes / few iterations (smoke run)")

@@ -24,8 +24,8 @@ from ..errors import BsynthError, ConfigError
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 REFERENCE_COMPRESSORS: dict[str, str] = {
-    "dwt1": "WDM-style Haar DWT, 1 stage (1/2 per axis, 8 channels)",
-    "dwt2": "Haar DWT reference, 2 stages (1/4 per axis, 64 channels)",
+    "dwt1": "WDM-style Haar DWT, 1 stage (1/2 per axis, 8 channels); lossless: PSNR reflects float rounding only, not compression quality",
+    "dwt2": "Haar DWT reference, 2 stages (1/4 per axis, 64 channels); lossless: PSNR reflects float rounding only, not compression quality",
 }
 
 

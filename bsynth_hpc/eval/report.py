@@ -139,6 +139,20 @@ def _weights_lines(weights: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
+SMALL_N = 100
+"""Below this many volumes per side, FID (and to a lesser degree MMD) is dominated by estimator bias."""
+
+
+def small_n_warning(pooled: Mapping[str, Any]) -> list[str]:
+    """A warning line when FID comes from few volumes (its bias grows like 1/n; seeds report hundreds)."""
+    n = [int(v) for v in (pooled.get("n_real"), pooled.get("n_fake")) if v is not None]
+    if pooled.get("fid") is None or not n or min(n) >= SMALL_N:
+        return []
+    return [f"**Warning: FID/MMD from {pooled.get('n_real')} real and {pooled.get('n_fake')} generated volumes. "
+            f"Below ~{SMALL_N} per side FID is dominated by its small-sample bias (it falls as n grows even for "
+            "the same generator): compare only runs with equal n, not with published values.**", ""]
+
+
 def synth_markdown(result: Mapping[str, Any], figures: Sequence[str] = ()) -> str:
     """Tables in the layout of seed 003 Tables 4 and 12-15 (pooled and per modality), per class."""
     lines = _header("bsynth eval synth — generated vs real", result)
@@ -156,6 +170,7 @@ def synth_markdown(result: Mapping[str, Any], figures: Sequence[str] = ()) -> st
         return r
 
     pooled = result["pooled"]
+    lines += small_n_warning(pooled)
     label = "Pooled" + (f" ({', '.join(pooled['modalities'])})" if pooled.get("modalities") else "")
     rows = [row(label, pooled)] + [row(m, g) for m, g in result.get("by_modality", {}).items()]
     lines += ["## By modality (seed 003 Tables 4, 12–15)", "", *_table(headers, rows), ""]
