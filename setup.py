@@ -60,6 +60,10 @@ def _extensions():
     sources = [os.path.join("csrc", f) for f in sorted(os.listdir("csrc")) if f.endswith(".cpp")]
     cuda_sources = [os.path.join("csrc", f) for f in sorted(os.listdir("csrc")) if f.endswith(".cu")]
     if not sources and not cuda_sources:
+        import warnings
+
+        warnings.warn("BSYNTH_BUILD_EXT=1, but csrc/ holds no extension sources yet: nothing is built and "
+                      "bsynth_hpc.ops uses the Triton kernels / PyTorch references", stacklevel=1)
         return [], {}
     if cuda_sources and cpp_extension.CUDA_HOME is not None:
         ext = cpp_extension.CUDAExtension("bsynth_hpc._C", sources + cuda_sources)
