@@ -21,6 +21,25 @@ class CheckpointError(BsynthError):
     """A checkpoint or export is missing, incomplete, or does not fit the run that loads it."""
 
 
+class CheckpointUnusableError(CheckpointError):
+    """The checkpoint asked for cannot be resumed, and retrying the same command cannot help (exit 2)."""
+
+
+class CheckpointDamagedError(CheckpointUnusableError):
+    """A checkpoint file fails its checksum, is truncated, missing or unreadable (``--resume auto`` skips it).
+
+    ``problem`` is the short form for a fall-back warning ("models/vae.pt: unreadable (...)").
+    """
+
+    def __init__(self, message: str, problem: str | None = None):
+        super().__init__(message)
+        self.problem = problem or message
+
+
+class CheckpointMismatchError(CheckpointUnusableError):
+    """An intact checkpoint does not fit this run (model shapes, backend, ZeRO layout, EMA): fix the config."""
+
+
 class DistributedError(BsynthError):
     """The process group could not form, or a peer rank died / a collective timed out (retry may help)."""
 
@@ -39,5 +58,6 @@ class MemoryPlanError(ConfigError):
 
 __all__ = [
     "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG", "EXIT_DIVERGED", "EXIT_PEER_LOST", "EXIT_HANG", "EXIT_REQUEUE",
-    "CheckpointError", "DistributedError", "LaunchError", "TrainingDivergedError", "MemoryPlanError", "ConfigError",
+    "CheckpointError", "CheckpointUnusableError", "CheckpointDamagedError", "CheckpointMismatchError",
+    "DistributedError", "LaunchError", "TrainingDivergedError", "MemoryPlanError", "ConfigError",
 ]

@@ -8,8 +8,9 @@ Works unchanged under plain ``python``, ``torchrun``, the ``deepspeed`` launcher
 ``srun`` and ``mpiexec``; see :mod:`.distributed` for how each is recognised.
 
 Exit statuses (:mod:`.errors`): 0 finished, 75 preempted after writing a checkpoint (requeue),
-2 configuration error, 3 diverged (NaN guard), 4 a peer rank died or a collective timed out,
-5 watchdog (no progress), 1 anything else. RUN/status.json records the same outcome.
+2 configuration error (or a checkpoint to resume that is damaged or does not fit the model),
+3 diverged (NaN guard), 4 a peer rank died or a collective timed out, 5 watchdog (no
+progress), 1 anything else. RUN/status.json records the same outcome.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Sequence
 
 from ..errors import BsynthError, ConfigError
 from .errors import (EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_HANG, EXIT_PEER_LOST, CheckpointError,
-                     DistributedError, TrainingDivergedError)
+                     CheckpointUnusableError, DistributedError, TrainingDivergedError)
 
 
 def build_parser(default_stage: str | None = None, prog: str = "bsynth train") -> argparse.ArgumentParser:
@@ -85,6 +86,7 @@ def _failure_kind(exc: BsynthError) -> tuple[str, int, str, bool]:
     table: tuple[tuple[type[BsynthError], str, int, str, bool], ...] = (
         (ConfigError, "failed", EXIT_CONFIG, "configuration error: ", False),
         (TrainingDivergedError, "diverged", EXIT_DIVERGED, "training diverged: ", False),
+        (CheckpointUnusableError, "failed", EXIT_CONFIG, "checkpoint error: ", False),  # damaged / does not fit
         (CheckpointError, "failed", EXIT_FAILED, "checkpoint error: ", False),
         (DistributedError, "peer_lost", EXIT_PEER_LOST, "", True),
     )

@@ -16,6 +16,11 @@ One optimizer step (global step t, 0-based):
 Everything random is either seeded per sample (:mod:`.noise`) or restored from the
 checkpoint, and so is the stage's own state (``Stage.state_dict``, e.g. a GAN schedule), so a
 resumed run reproduces the uninterrupted one step for step.
+
+Resuming first verifies the checkpoint (sizes and SHA-256 of every file, :mod:`.checkpoint`).
+``--resume auto`` takes the newest intact checkpoint and names each newer damaged one it skips
+(checksum mismatch, truncated, missing, unreadable); ``--resume PATH`` to a damaged checkpoint,
+and a checkpoint whose shapes no longer fit the model, stop with a one-line error (exit 2).
 """
 from __future__ import annotations
 
@@ -33,12 +38,13 @@ from torch import nn
 from ..errors import ConfigError, StoreError
 from ..recipes.registry import get_stage_class
 from .backends import TrainUnit, build_units, resolve_backend
-from .checkpoint import CheckpointManager, load_torch, read_meta, save_torch
+from .checkpoint import STEP_RE, CheckpointManager, load_torch, read_meta, save_torch, verify
 from .config import RunConfig, save_run_config
 from .data import StreamSampler, ValidationSampler, batch_to_device, make_loader
 from .distributed import Comm, DistInfo
 from .ema import EMA
-from .errors import EXIT_OK, EXIT_REQUEUE, CheckpointError, TrainingDivergedError
+from .errors import (EXIT_OK, EXIT_REQUEUE, CheckpointDamagedError, CheckpointError, CheckpointMismatchError,
+                     CheckpointUnusableError, TrainingDivergedError)
 from .export import export_model
 from .faults import FaultInjector
 from .monitor import MetricsLogger, peak_memory_mb, write_status
@@ -117,8 +123,8 @@ class Trainer:
         self._resume_rng: dict[str, Any] | None = None
         if resume:
             self._resume(resume)
-        elif self.ckpt.latest() is not None:
-            raise CheckpointError(f"{self.run_dir} already has checkpoints (latest {self.ckpt.latest()}): pass "
+        elif self.ckpt.steps():  # damaged ones count too: a fresh run would overwrite them
+            raise CheckpointError(f"{self.run_dir} already has checkpoints (latest {self.ckpt.steps()[-1][1]}): pass "
                                   "--resume auto to continue that run, or choose a new --run-dir")
         weights = self.stage.sampling_weights(self.train_set)
         self.sampler = StreamSampler(len(self.train_set), self.cfg.micro_batch, self.cfg.grad_accum,  # type: ignore
@@ -343,38 +349,106 @@ class Trainer:
         return path
 
     def _resume(self, resume: str) -> None:
-        path = self.ckpt.latest() if resume == "auto" else Path(resume)
-        if path is None:
-            if self.is_main:
-                print(f"[bsynth] --resume auto: no complete checkpoint in {self.ckpt.root}; starting from step 0",
-                      flush=True)
+        """``--resume PATH``: that checkpoint, or a one-line error if it is damaged or does not fit;
+        ``--resume auto``: the newest intact one, naming every newer damaged one skipped (kept on disk)."""
+        if resume != "auto":
+            self._resume_from(Path(resume))
             return
+        skipped: list[str] = []
+        for _, path in reversed(self.ckpt.steps()):
+            try:
+                self._resume_from(path)
+                return
+            except CheckpointDamagedError as exc:
+                self.ckpt.mark_damaged(path, exc.problem)
+                skipped.append(f"{path.name}: {exc.problem}")
+                if self.is_main:
+                    print(f"[bsynth] warning: --resume auto: checkpoint {path} is damaged ({exc.problem}); skipping "
+                          "it (it stays on disk) and falling back to the one before", flush=True)
+        if skipped:
+            raise CheckpointDamagedError(f"--resume auto: no intact checkpoint in {self.ckpt.root} "
+                                         f"({'; '.join(skipped)}): restore one from a backup, or start a new "
+                                         "--run-dir (the damaged ones are kept)")
+        if self.is_main:
+            print(f"[bsynth] --resume auto: no complete checkpoint in {self.ckpt.root}; starting from step 0",
+                  flush=True)
+
+    def _agreed_problem(self, path: Path) -> str | None:
+        """What is wrong with ``path`` (sizes and SHA-256, checked on rank 0), the same answer on every rank."""
+        problem = verify(path) if self.is_main else None
+        if self.comm.any(problem is not None):
+            return problem or "found damaged by rank 0 (see its log)"
+        return None
+
+    def _resume_from(self, path: Path) -> None:
+        """Verify, check the layout, load (damage -> CheckpointDamagedError, misfit -> CheckpointMismatchError)."""
+        if not path.is_dir() or not STEP_RE.match(path.name):
+            raise CheckpointUnusableError(f"--resume {path}: {'not' if path.is_dir() else 'no such'} checkpoint "
+                                          "directory; pass RUN/checkpoints/step-XXXXXXXX or --resume auto")
+        problem = self._agreed_problem(path)
+        if problem is not None:
+            raise CheckpointDamagedError(f"cannot resume from {path}: it is damaged ({problem}); resume from an intact "
+                                         "checkpoint instead (--resume auto takes the newest intact one); the damaged "
+                                         "one is left in place", problem=problem)
         meta = read_meta(path)
+        self._check_layout(path, meta)
+        error: CheckpointDamagedError | None = None
+        try:
+            self._load_checkpoint(path)
+        except CheckpointDamagedError as exc:  # every rank must take the same way out (fall back or stop)
+            error = exc
+        if self.comm.any(error is not None):
+            raise error or CheckpointDamagedError(f"another rank could not read {path} (see its log)",
+                                                  problem="unreadable on another rank (see its log)")
+        self.resumed_from = path
+        if self.is_main:
+            print(f"[bsynth] resumed from {path} (step {self.step})", flush=True)
+
+    def _check_layout(self, path: Path, meta: dict[str, Any]) -> None:
+        """The checkpoint's backend (and, for DeepSpeed, ranks and ZeRO stage) must be this run's."""
         if (meta["backend"] == "deepspeed") != (self.backend == "deepspeed"):
-            raise CheckpointError(f"{path} was written by the {meta['backend']} backend; this run uses {self.backend}: "
-                                  f"set engine.backend={meta['backend']} to resume it")
+            raise CheckpointMismatchError(f"{path} was written by the {meta['backend']} backend; this run uses "
+                                          f"{self.backend}: set engine.backend={meta['backend']} to resume it")
         if self.backend == "deepspeed" and (meta["world_size"], meta.get("zero_stage")) != \
                 (self.comm.world_size, self.cfg.zero_stage):
-            raise CheckpointError(f"{path} holds ZeRO-{meta.get('zero_stage')} shards of {meta['world_size']} ranks; "
-                                  f"this run has {self.comm.world_size} ranks and ZeRO-{self.cfg.zero_stage}: resume "
-                                  "with the same layout")
+            raise CheckpointMismatchError(f"{path} holds ZeRO-{meta.get('zero_stage')} shards of {meta['world_size']} "
+                                          f"ranks; this run has {self.comm.world_size} ranks and ZeRO-"
+                                          f"{self.cfg.zero_stage}: resume with the same layout")
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """Read the small files first, then the models (each unit checks its shapes), then apply the state;
+        a fall-back to an older checkpoint overwrites everything a failed attempt may have set."""
+        state = load_torch(path / "trainer.pt")
+        rank_file = path / "ranks" / f"rank-{self.comm.rank:05d}.pt"
+        rank_state = load_torch(rank_file) if rank_file.is_file() else None
         for unit in self.units.values():
             unit.load(path)
-        state = load_torch(path / "trainer.pt")
+        try:
+            self._apply_state(path, state, rank_state)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointDamagedError(
+                f"{path / 'trainer.pt'} lacks part of the trainer state ({type(exc).__name__}: {exc}); the file is "
+                "damaged or was not written by this engine: resume from another checkpoint",
+                problem=f"trainer.pt: unreadable (trainer state incomplete: {type(exc).__name__} {exc})") from None
+
+    def _apply_state(self, path: Path, state: dict[str, Any], rank_state: dict[str, Any] | None) -> None:
+        """Step, schedules, EMA, NaN counters, best metric, stage state and data-stream checks from a checkpoint."""
         self.step = int(state["step"])
         for name, ctrl in self.lr.items():
             if name in state["lr"]:
                 ctrl.load_state_dict(state["lr"][name])
-        rank_file = path / "ranks" / f"rank-{self.comm.rank:05d}.pt"
-        rank_state = load_torch(rank_file) if rank_file.is_file() else None
         for unit in self.units.values():
             if unit.ema is None:
                 continue
             source = (rank_state or {}).get("ema", {}) if unit.ema_is_sharded() else state["ema"]
             if unit.phase.model not in source:
-                raise CheckpointError(f"{path} has no EMA for {unit.phase.model!r} (was engine.ema_decay 0 then?); "
-                                      "set engine.ema_decay=0 to resume without EMA")
-            unit.ema.load_state_dict(source[unit.phase.model], str(path))
+                raise CheckpointMismatchError(f"{path} has no EMA for {unit.phase.model!r} (was engine.ema_decay 0 "
+                                              "then?); set engine.ema_decay=0 to resume without EMA")
+            try:
+                unit.ema.load_state_dict(source[unit.phase.model], str(path))
+            except CheckpointError as exc:  # shapes changed: as final as a model mismatch (exit 2)
+                raise CheckpointMismatchError(f"{exc}: resume with the config the run was trained with "
+                                              f"({self.run_dir / 'config.yaml'}) or start a new --run-dir") from None
         self.nan_streak, self.nan_total = int(state["nan"]["streak"]), int(state["nan"]["total"])
         self.best = state.get("best")
         self.last_val_step = int(state.get("last_val_step", -1))
@@ -385,16 +459,12 @@ class Trainer:
                   f"{self.config.stage} continues from its initial state (e.g. a GAN schedule restarts its round "
                   "counter), so the run no longer reproduces the uninterrupted one", flush=True)
         sampler = state["sampler"]
-        if rank_state is not None:  # restored in _train, once the data iterator has drawn its seed
-            self._resume_rng = rank_state["rng"]
+        self._resume_rng = rank_state["rng"] if rank_state is not None else None  # restored in _train (see there)
         if self.is_main and (sampler["num_items"] != len(self.train_set)  # type: ignore[arg-type]
                              or sampler["global_batch"] != self.global_batch):
             print(f"[bsynth] warning: the data stream differs from the checkpoint's ({sampler['num_items']} items, "
                   f"global batch {sampler['global_batch']} then; {len(self.train_set)} and {self.global_batch} "  # type: ignore
                   "now): training continues, but not exactly as the uninterrupted run would", flush=True)
-        self.resumed_from = path
-        if self.is_main:
-            print(f"[bsynth] resumed from {path} (step {self.step})", flush=True)
 
     # ------------------------------------------------------------------ exports
     def export(self) -> list[Path]:

@@ -13,15 +13,17 @@ A unit hides how gradients are synchronised and how the optimizer steps:
 from __future__ import annotations
 
 import contextlib
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Iterator
+from typing import Any, ContextManager, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from ..ema import EMA, local_views
+from ..errors import CheckpointMismatchError
 from ..stage import Phase
 
 
@@ -140,6 +142,56 @@ def ema_full_state(module: nn.Module, ema: EMA) -> dict[str, torch.Tensor]:
     for (name, _), shadow in zip(module.named_parameters(), ema.shadow):
         state[name] = shadow.detach().float().cpu().clone()
     return state
+
+
+def _shape(value: Any) -> list[int] | None:
+    shape = getattr(value, "shape", None)
+    return list(shape) if shape is not None else None
+
+
+def state_mismatch(model_state: Mapping[str, Any], saved: Mapping[str, Any]) -> list[str]:
+    """The differences between a model's state dict and a saved one, in the model's parameter order:
+    shape changes, keys the checkpoint lacks, keys only the checkpoint has (empty: they fit)."""
+    found = []
+    for key, value in model_state.items():
+        if key not in saved:
+            found.append(f"{key} is missing from the checkpoint")
+        elif _shape(saved[key]) != _shape(value):
+            found.append(f"{key} has shape {_shape(saved[key])} in the checkpoint but {_shape(value)} in the model")
+    found += [f"{key} is in the checkpoint but not in the model" for key in saved if key not in model_state]
+    return found
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                            r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
+
+
+def parse_load_state_error(text: str) -> list[str]:
+    """The items of torch's "Error(s) in loading state_dict" text, in the words of :func:`state_mismatch`."""
+    found = []
+    for line in (ln.strip() for ln in text.splitlines()[1:]):
+        match = _SIZE_MISMATCH.search(line)
+        if match:
+            found.append(f"{match.group(1)} has shape {match.group(2)} in the checkpoint but {match.group(3)} in "
+                         "the model")
+        elif line:
+            found.append(line[:160].rstrip(". ") + ("..." if len(line) > 160 else ""))
+    return found
+
+
+def run_config_of(directory: Path) -> str:
+    """RUN/config.yaml of a checkpoint RUN/checkpoints/step-XXXXXXXX (the config the run was trained with)."""
+    directory = Path(directory)
+    return str(directory.parent.parent / "config.yaml") if directory.parent.name == "checkpoints" else "RUN/config.yaml"
+
+
+def mismatch_error(directory: Path, model: str, found: list[str]) -> CheckpointMismatchError:
+    """One line: which checkpoint, which model, the first differences, and the fix."""
+    shown = "; ".join(found[:2]) + (f" (and {len(found) - 2} more)" if len(found) > 2 else "")
+    return CheckpointMismatchError(
+        f"checkpoint {directory} does not fit model {model!r} of this run: {shown}. The model config changed since "
+        f"it was written: resume with the config the run was trained with ({run_config_of(directory)}) or start a "
+        "new --run-dir")
 
 
 def adam_state_bytes(models: dict[str, nn.Module]) -> int:

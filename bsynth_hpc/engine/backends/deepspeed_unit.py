@@ -23,9 +23,9 @@ from typing import Any, ContextManager, Iterator
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointDamagedError, CheckpointMismatchError
 from ..stage import Phase
-from .base import StepResult, TrainUnit, ema_full_state
+from .base import StepResult, TrainUnit, ema_full_state, mismatch_error, parse_load_state_error
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -65,12 +65,17 @@ def _weights_only_engine(base: Any) -> Any:
 
     class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):  # type: ignore[misc, valid-type]
         def load(self, path: str, map_location: Any = None) -> Any:
+            from ..checkpoint import _in_checkpoint, describe_load_error
+
             try:
                 with torch.serialization.safe_globals(_safe_globals()):
                     return torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as exc:
-                raise CheckpointError(f"cannot load DeepSpeed checkpoint file {path} with weights_only=True: {exc}. "
-                                      "It may be damaged or come from another DeepSpeed version") from exc
+            except Exception as exc:  # `from None`: torch's text advises unsafe loading; ours replaces it
+                what = describe_load_error(exc)
+                raise CheckpointDamagedError(
+                    f"cannot read DeepSpeed checkpoint file {path}: {what}; it is damaged or comes from another "
+                    "DeepSpeed version: resume from another checkpoint (--resume auto takes the newest intact one)",
+                    problem=f"{_in_checkpoint(Path(path))}: unreadable ({what})") from None
 
     engine = WeightsOnlyCheckpointEngine(None)
     engine.zipfile_serialization = getattr(base, "zipfile_serialization", True)
@@ -153,15 +158,22 @@ class DeepSpeedUnit(TrainUnit):
                                     save_latest=False)
 
     def load(self, directory: Path) -> None:
+        """This rank's share of ``deepspeed/<model>/``; changed model shapes give a one-line CheckpointMismatchError."""
         root = directory / "deepspeed"
-        if not (root / self.phase.model).is_dir():
-            raise CheckpointError(f"{directory} has no DeepSpeed state for model {self.phase.model!r}: it was not "
-                                  "written by the deepspeed backend; resume with the backend that wrote it")
-        path, _ = self.engine.load_checkpoint(str(root), tag=self.phase.model, load_module_strict=True,
-                                              load_optimizer_states=True, load_lr_scheduler_states=False)
+        model = self.phase.model
+        if not (root / model).is_dir():
+            raise CheckpointMismatchError(f"{directory} has no DeepSpeed state for model {model!r}: it was not "
+                                          "written by the deepspeed backend; resume with the backend that wrote it")
+        try:
+            path, _ = self.engine.load_checkpoint(str(root), tag=model, load_module_strict=True,
+                                                  load_optimizer_states=True, load_lr_scheduler_states=False)
+        except RuntimeError as exc:
+            if "Error(s) in loading state_dict" not in str(exc):
+                raise
+            raise mismatch_error(directory, model, parse_load_state_error(str(exc))) from None
         if path is None:
-            raise CheckpointError(f"DeepSpeed could not load {root / self.phase.model} (see the messages above); "
-                                  "was it written with the same number of ranks and ZeRO stage?")
+            raise CheckpointMismatchError(f"DeepSpeed could not load {root / model} (see the messages above); was it "
+                                          "written with the same number of ranks and ZeRO stage?")
 
     def ema_is_sharded(self) -> bool:
         return self.zero_stage == 3

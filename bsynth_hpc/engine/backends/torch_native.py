@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
+from ..errors import CheckpointDamagedError, CheckpointMismatchError
 from ..stage import Phase
-from .base import StepResult, TrainUnit, ema_full_state
+from .base import StepResult, TrainUnit, ema_full_state, mismatch_error, run_config_of, state_mismatch
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -110,11 +111,32 @@ class TorchUnit(TrainUnit):
             save_torch(self.state_dict(), directory / "models" / f"{self.phase.model}.pt")
 
     def load(self, directory: Path) -> None:
+        """Weights, optimizer and scaler from ``models/<model>.pt``; a model whose shapes changed since the
+        checkpoint was written is refused before anything is copied (CheckpointMismatchError, one line)."""
         from ..checkpoint import load_torch
 
-        state = load_torch(directory / "models" / f"{self.phase.model}.pt", self.device)
+        model = self.phase.model
+        path = directory / "models" / f"{model}.pt"
+        if not path.is_file():
+            raise CheckpointMismatchError(f"checkpoint {directory} has no weights for model {model!r} (no "
+                                          f"models/{model}.pt): it was written by another stage or backend; resume "
+                                          "with the stage and backend that wrote it")
+        state = load_torch(path, self.device)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "optimizer" not in state:
+            raise CheckpointDamagedError(f"{path} holds no model/optimizer state: the file is damaged or was not "
+                                         "written by this engine", problem=f"models/{model}.pt: unreadable (no "
+                                         "model/optimizer state)")
+        found = state_mismatch(self.module.state_dict(), state["model"])
+        if found:
+            raise mismatch_error(directory, model, found)
         self.module.load_state_dict(state["model"], strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointMismatchError(
+                f"checkpoint {directory}: the optimizer state of model {model!r} does not fit this run's optimizer "
+                f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); resume with the config "
+                f"the run was trained with ({run_config_of(directory)}) or start a new --run-dir") from None
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
