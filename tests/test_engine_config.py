@@ -286,3 +286,19 @@ def test_ema_follows_the_closed_form():
     with ema.swapped():
         assert float(w[0]) == pytest.approx(expected)
     assert float(w[0]) == 5.0
+
+
+def test_train_quiet_turns_the_progress_bar_off_and_tiny_configs_keep_it_on():
+    """#12.9: the tiny configs had progress and TensorBoard off (~45 s of silence); --quiet is the switch."""
+    import yaml
+
+    from bsynth_hpc.engine.run import _config_from_args, parse_train_args
+    from engine_support import REPO
+
+    for cfg in sorted((REPO / "configs").glob("*_tiny.yaml")):
+        engine = yaml.safe_load(cfg.read_text())["engine"]
+        assert engine["progress"] is True and engine["tensorboard"] is True, cfg.name
+    cfg = str(REPO / "configs" / "wfdm-vae_tiny.yaml")
+    loud = _config_from_args(parse_train_args(["wfdm-vae", "--config", cfg, "--run-dir", "r"]))
+    quiet = _config_from_args(parse_train_args(["wfdm-vae", "--config", cfg, "--run-dir", "r", "--quiet"]))
+    assert loud.engine.progress is True and quiet.engine.progress is False and quiet.engine.tensorboard is True

@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
+from ..argtypes import int_at_least
 from ..errors import BsynthError, ConfigError
 from .errors import (EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_HANG, EXIT_PEER_LOST, CheckpointError,
                      CheckpointUnusableError, DistributedError, TrainingDivergedError)
@@ -38,7 +39,9 @@ def build_parser(default_stage: str | None = None, prog: str = "bsynth train") -
     p.add_argument("--config", help="run config YAML (default: RUN/config.yaml when resuming)")
     p.add_argument("--store", help="training store (Zarr); overrides `store:` in the config")
     p.add_argument("--run-dir", required=True, help="run directory (config, checkpoints, exports, logs)")
-    p.add_argument("--max-steps", type=int, help="overrides engine.max_steps")
+    p.add_argument("--max-steps", type=int_at_least(1), help="overrides engine.max_steps")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (engine.progress=false); metrics still go to RUN/logs and TensorBoard")
     p.add_argument("--resume", help="'auto' (newest complete checkpoint, or start fresh) or a checkpoint directory")
     p.add_argument("--gpu-mem-gb", help="single-card memory budget in GB, or 'auto' (the card's size): plan "
                                         "micro-batch, precision, checkpointing and offload to fit (6, 8, 12, 16, 24)")
@@ -71,6 +74,8 @@ def _config_from_args(args: argparse.Namespace):  # -> RunConfig
     overrides = list(args.overrides)
     if args.max_steps is not None:
         overrides.append(f"engine.max_steps={args.max_steps}")
+    if getattr(args, "quiet", False):
+        overrides.append("engine.progress=false")
     if args.gpu_mem_gb is not None and args.gpu_mem_gb != "auto":
         overrides.append(f"engine.gpu_mem_gb={args.gpu_mem_gb}")
     config = load_run_config(path, args.stage, overrides, default_stage=args.default_stage)
