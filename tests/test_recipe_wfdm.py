@@ -231,3 +231,15 @@ def test_launcher_default_stage_is_wfdm_ldm(pipeline, tmp_path):
     assert proc.returncode == 0, explain(proc)
     assert (tmp_path / "l" / "export" / "unet.json").is_file()
     assert json.loads((tmp_path / "l" / "export" / "unet.json").read_text())["stage"] == "wfdm-ldm"
+
+
+def test_training_writes_reconstruction_previews(pipeline, tmp_path):
+    """#12.9: a user sees reconstructions while the compressor trains (RUN/logs/previews/step-*.png)."""
+    from PIL import Image
+
+    cfg = _config(tmp_path / "vae.yaml", "wfdm-vae", VAE_RECIPE, max_steps=2, val_every=2)
+    assert _train("wfdm-vae", cfg, pipeline["store"], tmp_path / "run") == 0
+    previews = sorted((tmp_path / "run" / "logs" / "previews").glob("step-*.png"))
+    assert previews, "no preview written at validation"
+    with Image.open(previews[-1]) as im:
+        assert im.width > 100 and im.height > 100

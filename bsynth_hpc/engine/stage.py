@@ -68,6 +68,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Sequence
 
 import torch
@@ -241,6 +242,12 @@ class Stage(ABC):
     def validation_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Per-sample validation metrics, each a (B,) tensor; default: none."""
         return {}
+
+    def preview(self, batch: Batch, ctx: StepContext, path: Path) -> Path | None:
+        """Write a picture of the models' output on the first validation batch to ``path`` (a PNG under
+        RUN/logs/previews/, rank 0 only) and return it; default: none. Lets a user see reconstructions
+        while training runs."""
+        return None
 
     def ema_models(self) -> tuple[str, ...]:
         """Models with an EMA copy (default: none)."""

@@ -283,6 +283,8 @@ class Trainer:
                                       self.input_dtype)
                     with unit0.autocast():
                         metrics = self.stage.validation_step(batch, ctx)
+                        if not weight_sum and self.comm.rank == 0:
+                            self._write_preview(batch, ctx)
                     w = batch["sample_weight"].float()
                     for key, values in metrics.items():
                         sums[key] = sums.get(key, 0.0) + float((values.float().flatten() * w).sum())
@@ -294,6 +296,18 @@ class Trainer:
         total = reduced[-1]
         self.last_val_step = self.step
         return {f"val/{k}": v / total for k, v in zip(keys, reduced)} if total > 0 else {}
+
+    def _write_preview(self, batch: dict[str, Any], ctx: StepContext) -> None:
+        """The stage's preview of the first validation batch (RUN/logs/previews/step-XXXXXXXX.png); a
+        failure to draw is logged, never fatal."""
+        path = self.run_dir / "logs" / "previews" / f"step-{self.step:08d}.png"
+        try:
+            written = self.stage.preview(batch, ctx, path)
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.log.info(f"preview not written ({type(exc).__name__}: {exc})")
+            return
+        if written is not None:
+            self.log.info(f"preview {written}")
 
     def _observe_validation(self, metrics: dict[str, float]) -> bool:
         """Feed the plateau schedules; True when the stage's metric improved on the best."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
@@ -217,6 +218,17 @@ class VAEGANStage(Stage):
         return out
 
     # ------------------------------------------------------------------ validation
+    def preview(self, batch: Batch, ctx: StepContext, path: Path) -> Path | None:
+        """Input | posterior-mean reconstruction | error of the batch's first volume (middle slices)."""
+        from ...eval.figures import recon_figure
+
+        x = batch["image"][:1]
+        vae = bare_module(ctx.models["vae"])
+        with torch.no_grad():
+            recon = vae.decode(vae.encode(x).mean, x.shape[2:]).float().clamp(0, 1)
+        return recon_figure(x[0, 0].float().cpu().numpy(), recon[0, 0].cpu().numpy(), path,
+                            f"{self.name} step {ctx.step}: validation reconstruction")
+
     def validation_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Per-volume ``l1`` and ``psnr`` of the posterior-mean reconstruction (+ ``loss``, see the
         module docstring)."""
