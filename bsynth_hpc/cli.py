@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .argtypes import device_name, existing_file, float_at_least, int_at_least, output_folder, tile_size
-from .errors import BsynthError, NotYetAvailableError
+from .errors import BsynthError, ConfigError, NotYetAvailableError
 
 DEMO_DIR = Path("demo_run")
 
@@ -34,10 +34,15 @@ def cmd_prep(args: argparse.Namespace) -> int:
 
     if args.manifest:
         source = PrepSource.manifest(args.manifest)
+    elif args.bids:
+        source = PrepSource.bids(args.bids, subjects_table=args.subjects_table, label_column=args.label_column)
     elif args.brats:
-        source = PrepSource.brats(args.brats)
+        source = PrepSource.brats(args.brats, subjects_table=args.subjects_table, label_column=args.label_column)
     else:
         source = PrepSource.slices(args.slices, modality=args.slice_modality, subject_pattern=args.subject_pattern)
+    if (args.subjects_table or args.label_column) and not (args.bids or args.brats):
+        raise ConfigError("--subjects-table/--labels and --label-column apply to --bids and --brats: for "
+                          "--manifest put label and metadata columns in the manifest itself")
     mask: bool | str = args.mask_column if args.mask_column else bool(args.mask)
     cluster_options = _load_yaml(args.cluster_config) if args.cluster_config else None
     result = run_prep(
@@ -50,6 +55,15 @@ def cmd_prep(args: argparse.Namespace) -> int:
         max_volume_mb=args.max_volume_mb,
     )
     return int(result.exit_code)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from data_prep.manifest_writer import format_draft, manifest_from_folder
+
+    draft = manifest_from_folder(args.from_dir, args.out, pattern=args.pattern, dataset=args.dataset,
+                                 overwrite=args.force)
+    print(format_draft(draft))
+    return 0
 
 
 SAMPLERS: dict[str, str] = {
@@ -147,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prep", help="ingest + preprocess volumes into a Zarr store (Dask-parallel, resumable)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", help="manifest CSV (subject, session, dataset, modality, path, metadata...)")
+    src.add_argument("--bids", metavar="DIR", help="raw BIDS dataset: sub-*/[ses-*/]anat/*_T1w|_T2w|_FLAIR.nii.gz "
+                                                   "(ce-*_T1w -> T1Gd); labels/metadata from participants.tsv")
     src.add_argument("--brats", help="BraTS-layout folder (<case>/<case>_t1|_t1ce|_t2|_flair.nii.gz)")
     src.add_argument("--slices", help="2D slice image folders by class (ROOT/<class>/*.png)")
     p.add_argument("--out", required=True, help="output store, e.g. data/store.zarr")
@@ -164,8 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-modality", default="T1w", help="modality recorded for --slices images")
     p.add_argument("--subject-pattern", default=None,
                    help="regex whose first group extracts the subject id from a slice file name (subject-aware splits)")
+    p.add_argument("--subjects-table", "--labels", dest="subjects_table", metavar="TABLE", default=None,
+                   help="--bids/--brats: CSV/TSV with a subject (or participant_id) column, a label column and "
+                        "metadata columns named as the 25 schema fields (--bids default: ROOT/participants.tsv)")
+    p.add_argument("--label-column", metavar="COL", default=None,
+                   help="--bids/--brats: the subject-table column that is each subject's label, e.g. group or "
+                        "diagnosis (default: a column named label, if any)")
     p.add_argument("--allow-outside-root", action="store_true", help="allow manifest paths outside its folder")
-    p.add_argument("--chunks", type=int, nargs="+", default=None, help="Zarr chunk shape (default 64^3)")
+    p.add_argument("--chunks", type=int, nargs="+", default=None,
+                   help="Zarr chunk shape (default: octants, ceil(n/2) per axis = 8 chunks per volume, e.g. "
+                        "96 112 80 for 192 224 160 or 24 28 20 for 48 56 40; --slices: the whole slice up to 256 256)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     p.add_argument("--splits", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--seed", type=int, default=0, help="split seed")
@@ -178,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "a 512^3 float32 volume)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prep)
+
+    p = sub.add_parser("manifest",
+                       help="write a manifest CSV for a folder of NIfTI files (for `bsynth prep --manifest`)")
+    p.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="folder holding the NIfTI files")
+    p.add_argument("--out", default=None, help="manifest to write (default DIR/manifest.csv; paths in it are relative "
+                                              "to its folder)")
+    p.add_argument("--pattern", default=None, metavar="REGEX",
+                   help="regex searched in each path relative to DIR, with named groups (?P<subject>...) and "
+                        "(?P<modality>...) (optional: session, dataset); default: BIDS-like or "
+                        "<subject>_<modality> names")
+    p.add_argument("--dataset", default=None, help="dataset column (default: BIDS dataset_description.json Name, else "
+                                                   "the folder name)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("info", help="summarise a Zarr store (volumes per modality/split/label)")
     p.add_argument("store")

@@ -34,6 +34,8 @@
                             dashboard; e.g. ``{"dashboard_address": ":8787"}`` for one)
   ========================  ===========================================================
 
+  ``sbatch`` must be on PATH (checked before anything starts: without it the run stops at once
+  with one line instead of retrying the submission for ``wait_timeout_s``),
   plus ``wait_timeout_s`` (ours, default 600): how long to wait for the first worker before
   giving up with a ConfigError naming the job script to check. The store must be on a file
   system the compute nodes see (workers write to it directly).
@@ -44,6 +46,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
@@ -58,6 +61,7 @@ NO_DASHBOARD: dict[str, Any] = {"dashboard": False, "dashboard_address": ":0"}
 several runs on one login node do not fight over port 8787."""
 LOCAL_SCHEDULER: dict[str, Any] = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
 """The same for the local cluster, with the HTTP endpoint on loopback only (":0" is all interfaces)."""
+NO_SBATCH = "--cluster slurm needs SLURM's sbatch on PATH; on a workstation use --cluster local"
 NO_TLS_NOTE = ("[prep] note: the 'cryptography' package is missing, so a local Dask cluster could not use TLS "
                "and other users of this machine could submit tasks to it; running on the 'processes' scheduler "
                "instead (cluster_options ignored). `pip install cryptography` restores cluster='local'.")
@@ -67,13 +71,23 @@ R = TypeVar("R")
 
 
 def check_cluster_args(kind: str, workers: int, options: Mapping[str, Any] | None) -> None:
-    """ConfigError for an unknown kind, a non-positive worker count or options a kind does not take."""
+    """ConfigError for an unknown kind, a non-positive worker count, options a kind does not take, or
+    "slurm" without ``sbatch`` on PATH."""
     if kind not in CLUSTER_KINDS:
         raise ConfigError(f"cluster={kind!r} is not supported: use one of {', '.join(CLUSTER_KINDS)}")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers={workers!r}: give a positive number of worker processes")
     if options and kind in ("sync", "processes"):
         raise ConfigError(f"cluster_options only apply to cluster='local' or 'slurm', not {kind!r}: drop them")
+    if kind == "slurm":
+        check_sbatch()
+
+
+def check_sbatch() -> None:
+    """ConfigError (one line) when ``sbatch`` is missing: dask-jobqueue would otherwise retry the
+    submission with a FileNotFoundError traceback until the wait timeout (600 s) runs out."""
+    if shutil.which("sbatch") is None:
+        raise ConfigError(NO_SBATCH)
 
 
 def tls_available() -> bool:

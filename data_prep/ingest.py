@@ -1,4 +1,4 @@
-"""Inputs -> work items: manifest CSV, BraTS-layout folder, or 2D slice folders by class.
+"""Inputs -> work items: manifest CSV, raw BIDS folder, BraTS-layout folder, or 2D slice folders by class.
 
 This step is cheap and runs before any worker starts: it reads the manifest/folders, checks each
 row (required fields, modality, metadata against the schema, clinical ratios, path inside the
@@ -19,6 +19,13 @@ Manifest CSV columns
     The file must be UTF-8 (a BOM is fine) and comma-separated; a Latin-1 file or one delimited by
     semicolons/tabs (a European-locale spreadsheet export) is refused with the fix.
 
+BIDS and BraTS folders
+    are scanned into the same manifest-style rows (:class:`RowRules`, :func:`item_from_row`), so
+    every check above applies to them too. BIDS: ``sub-*/[ses-*/]anat/*_{T1w,T2w,FLAIR}.nii(.gz)``
+    (``ce-`` T1w -> T1Gd; other files skipped with the reason, see :mod:`data_prep.bids`). Labels
+    and metadata per subject come from a subject table (:mod:`data_prep.tables`): BIDS
+    ``participants.tsv`` or ``--subjects-table``, with ``--label-column`` naming the label column.
+
 Paths may not leave the root folder (the manifest's folder, or the BraTS/slice root) after
 resolving ``..`` and symlinks unless ``allow_outside_root``: a manifest from elsewhere must not
 make a job read arbitrary files.
@@ -30,7 +37,6 @@ Two rows with the same id are an error for the later row.
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import math
 import os
@@ -43,8 +49,10 @@ from bsynth_hpc.constants import MODALITIES, MODALITY_ALIASES, canonical_modalit
 from bsynth_hpc.data.metadata import CLINICAL_ROI_FIELDS, FIELD_NAMES, parse_metadata
 from bsynth_hpc.errors import ConfigError, InputError, ManifestError, MetadataError
 
+from .bids import dataset_name, find_anat_files
 from .loading import is_image_name, is_nifti_name
 from .report import Failure, InputRef, failure_from_exception, fixable
+from .tables import SubjectTable, column_warnings, decode_utf8, read_subject_table
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("subject", "session", "dataset", "modality", "path")
 ROI_COLUMNS: dict[str, str] = {
@@ -59,7 +67,11 @@ BRATS_SUFFIXES: dict[str, str] = {
 }
 BRATS_IGNORED: frozenset[str] = frozenset({"seg", "mask", "brainmask"})
 DEFAULT_SLICE_MODALITY = "T1w"
-SOURCE_KINDS: tuple[str, ...] = ("manifest", "brats", "slices")
+SOURCE_KINDS: tuple[str, ...] = ("manifest", "bids", "brats", "slices")
+TABLE_KINDS: tuple[str, ...] = ("bids", "brats")
+"""Sources that take a subject table (labels + metadata per subject)."""
+PARTICIPANTS_FILE = "participants.tsv"
+MAX_LISTED_SKIPPED = 10
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -67,12 +79,13 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # ---------------------------------------------------------------------------- public types
 @dataclass(frozen=True)
 class PrepSource:
-    """Which input `bsynth prep` reads. Build with :meth:`manifest`, :meth:`brats` or :meth:`slices`."""
+    """Which input `bsynth prep` reads. Build with :meth:`manifest`, :meth:`bids`, :meth:`brats` or :meth:`slices`."""
 
     kind: str
     path: Path
     dataset: str | None = None
-    """BraTS/slices: dataset name for every item (default: the folder's name)."""
+    """BIDS/BraTS/slices: dataset name for every item (default: BIDS ``dataset_description.json``
+    Name, else the folder's name)."""
     modality: str | None = None
     """Slices: the contrast of the images (the store schema needs one; default T1w)."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -82,19 +95,39 @@ class PrepSource:
     subject_pattern: str | None = None
     """Slices: regex finding the subject id in a file name (first group, else the match), e.g.
     ``r"^(sub-[^_]+)"``, so a patient's slices share one split; None: each image is its own subject."""
+    subjects_table: Path | None = None
+    """BIDS/BraTS: table of subject, label, metadata (see :mod:`data_prep.tables`); BIDS default
+    ``ROOT/participants.tsv`` when present."""
+    label_column: str | None = None
+    """BIDS/BraTS: the subject-table column holding each subject's label (default: ``label`` if present)."""
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
             raise ConfigError(f"source kind {self.kind!r} is not supported: use one of {', '.join(SOURCE_KINDS)}")
+        if self.kind not in TABLE_KINDS and (self.subjects_table is not None or self.label_column is not None):
+            raise ConfigError(f"--subjects-table/--label-column apply to --bids and --brats, not --{self.kind}: "
+                              + ("put labels and metadata in the manifest's own columns" if self.kind == "manifest"
+                                 else "drop them"))
+        if self.kind == "brats" and self.label_column is not None and self.subjects_table is None:
+            raise ConfigError("--label-column needs --subjects-table CSV for --brats (a CSV with a subject column, "
+                              "the label column and optional metadata columns)")
 
     @classmethod
     def manifest(cls, path: str | os.PathLike[str]) -> "PrepSource":
         return cls("manifest", Path(path))
 
     @classmethod
+    def bids(cls, path: str | os.PathLike[str], dataset: str | None = None,
+             subjects_table: str | os.PathLike[str] | None = None, label_column: str | None = None) -> "PrepSource":
+        return cls("bids", Path(path), dataset=dataset, label_column=label_column,
+                   subjects_table=Path(subjects_table) if subjects_table is not None else None)
+
+    @classmethod
     def brats(cls, path: str | os.PathLike[str], dataset: str | None = None,
-              metadata: Mapping[str, Any] | None = None) -> "PrepSource":
-        return cls("brats", Path(path), dataset=dataset, metadata=dict(metadata or {}))
+              metadata: Mapping[str, Any] | None = None, subjects_table: str | os.PathLike[str] | None = None,
+              label_column: str | None = None) -> "PrepSource":
+        return cls("brats", Path(path), dataset=dataset, metadata=dict(metadata or {}), label_column=label_column,
+                   subjects_table=Path(subjects_table) if subjects_table is not None else None)
 
     @classmethod
     def slices(cls, path: str | os.PathLike[str], dataset: str | None = None,
@@ -111,7 +144,9 @@ class PrepSource:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path), "dataset": self.dataset, "modality": self.modality,
                 "metadata": dict(self.metadata), "fit": self.fit if self.kind == "slices" else None,
-                "subject_pattern": self.subject_pattern}
+                "subject_pattern": self.subject_pattern,
+                "subjects_table": str(self.subjects_table) if self.subjects_table else None,
+                "label_column": self.label_column}
 
 
 @dataclass(frozen=True)
@@ -282,20 +317,79 @@ def _check_file(path: Path, kind: str) -> None:
                       "convert the file (NIfTI for volumes) and list the converted file")
 
 
+# ---------------------------------------------------------------------------- manifest-style rows
+@dataclass(frozen=True)
+class RowRules:
+    """How manifest-style rows become work items; one code path for manifests, BIDS and BraTS folders.
+
+    A row is a dict of strings with the manifest's columns (``subject, session, dataset, modality,
+    path``, optional ``label``, metadata and ROI columns); the folder readers build the same rows.
+    """
+
+    root: Path
+    allow_outside_root: bool = False
+    meta_columns: tuple[str, ...] = ()
+    roi: Mapping[str, str] = field(default_factory=dict)
+    """Manifest column -> clinical record key (see :func:`_roi_columns`)."""
+    mask_column: str | None = None
+    base_metadata: Mapping[str, Any] | None = None
+    """Parsed metadata for every row (e.g. ``tumor=yes`` for BraTS); the row's own values win."""
+
+
+def _merge_metadata(base: Mapping[str, Any] | None, own: dict[str, Any]) -> dict[str, Any]:
+    """The row's parsed metadata, with the fields it leaves empty taken from ``base``."""
+    if not base:
+        return own
+    return {k: own[k] if own.get(k) is not None else base.get(k) for k in own}
+
+
+def _row_mask(row: Mapping[str, str], rules: RowRules) -> Path | None:
+    if rules.mask_column is None:
+        return None
+    if _blank(row.get(rules.mask_column)):
+        raise fixable(ManifestError, f"mask column {rules.mask_column!r} is empty",
+                      "give this row's brain-mask path, or run without a mask column")
+    mask_path = resolve_inside(row[rules.mask_column], rules.root, rules.allow_outside_root, what="mask path")
+    _check_file(mask_path, "nifti")
+    return mask_path
+
+
+def item_from_row(row: Mapping[str, str], rules: RowRules, origin: str, meta_source: str | None = None) -> WorkItem:
+    """Check one manifest-style row and turn it into a WorkItem (ManifestError/MetadataError/InputError).
+
+    ``meta_source`` names where the row's metadata came from in errors (default ``origin``), e.g.
+    ``participants.tsv line 4`` for a BIDS file.
+    """
+    for col in ("subject", "dataset", "modality", "path"):
+        if _blank(row.get(col)):
+            raise fixable(ManifestError, f"column {col!r} is empty", f"fill in {col} for this row")
+    src = resolve_inside(row["path"], rules.root, rules.allow_outside_root)
+    _check_file(src, "nifti")
+    mask_path = _row_mask(row, rules)
+    modality = _modality(row["modality"])
+    own = parse_metadata({c: row.get(c) for c in rules.meta_columns}, source=meta_source or origin)
+    clinical = _clinical(row, rules.roi)
+    session = row.get("session") or None
+    return WorkItem(
+        volume_id=make_volume_id(row["dataset"], row["subject"], session, modality),
+        source_path=str(src), subject=row["subject"], session=session, dataset=row["dataset"],
+        modality=modality, label=row.get("label") or None, clinical=clinical,
+        metadata=_merge_metadata(rules.base_metadata, own), origin=origin,
+        mask_path=str(mask_path) if mask_path else None)
+
+
+def row_input(row: Mapping[str, str], rules: RowRules, origin: str, meta_source: str | None = None) -> Row:
+    """(reference for failures, deferred builder) of one manifest-style row, for :func:`_collect`."""
+    ref = InputRef(source_path=_display_path(row.get("path"), rules.root), subject=row.get("subject") or None,
+                   session=row.get("session") or None, dataset=row.get("dataset") or None,
+                   modality=row.get("modality") or None, origin=origin)
+    return ref, lambda: item_from_row(row, rules, origin, meta_source)
+
+
 # ---------------------------------------------------------------------------- manifest
 def _manifest_text(manifest: Path) -> str:
     """The manifest decoded as UTF-8 (BOM dropped); ManifestError naming the byte for any other encoding."""
-    raw = manifest.read_bytes()
-    bom = raw.startswith(b"\xef\xbb\xbf")
-    try:
-        return raw[3 if bom else 0:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        pos = exc.start + (3 if bom else 0)
-        line = raw[:pos].count(b"\n") + 1
-        raise fixable(ManifestError, f"manifest {manifest} is not UTF-8 text (byte 0x{raw[pos]:02x} at byte "
-                                     f"position {pos}, line {line}; probably Latin-1/Windows-1252)",
-                      "save it as UTF-8 (spreadsheet: 'CSV UTF-8'; or `iconv -f latin1 -t utf-8 in.csv > out.csv`)"
-                      ) from None
+    return decode_utf8(manifest, what="manifest")
 
 
 _OTHER_DELIMITERS: dict[str, str] = {";": "semicolon", "\t": "tab", "|": "pipe"}
@@ -313,20 +407,25 @@ def _check_delimiter(header: list[str], manifest: Path) -> None:
                           "re-save it as comma-separated CSV (spreadsheet: 'CSV UTF-8 (comma delimited)')")
 
 
-def column_warnings(ignored: list[str], known: set[str]) -> list[str]:
-    """One warning per ignored column that looks like a misspelt known field, one for the rest."""
-    lowered = {k.lower(): k for k in known}
-    warnings, unknown = [], []
-    for col in ignored:
-        match = difflib.get_close_matches(col.lower(), list(lowered), n=1, cutoff=0.75)
-        if match:
-            warnings.append(f"manifest column {col!r} is not a known field and is ignored; did you mean "
-                            f"{lowered[match[0]]!r}? (rename the column to use it)")
-        else:
-            unknown.append(col)
-    if unknown:
-        warnings.append(f"manifest column(s) {', '.join(map(repr, unknown))} are not known fields and are ignored")
-    return warnings
+def _manifest_header(reader: csv.DictReader, manifest: Path, mask_column: str | None) -> list[str]:
+    """The checked header: not empty, comma-separated, no repeated column, required columns present."""
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise fixable(ManifestError, f"manifest {manifest} is empty (no header row)",
+                      f"write a header with at least {', '.join(REQUIRED_COLUMNS)}")
+    _check_delimiter(header, manifest)
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise fixable(ManifestError, f"manifest {manifest} repeats column(s) {', '.join(duplicated)}",
+                      "keep one column of each name")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if mask_column is not None and mask_column not in header:
+        missing.append(mask_column)
+    if missing:
+        raise fixable(ManifestError, f"manifest {manifest} lacks required column(s) {', '.join(missing)}",
+                      f"add them (required: {', '.join(REQUIRED_COLUMNS)}; session may be left empty"
+                      + (f"; {mask_column} holds the brain-mask paths" if mask_column else "") + ")")
+    return header
 
 
 def read_manifest(path: str | os.PathLike[str], *, mask_column: str | None = None,
@@ -338,66 +437,93 @@ def read_manifest(path: str | os.PathLike[str], *, mask_column: str | None = Non
     root = manifest.resolve().parent
     with io.StringIO(_manifest_text(manifest), newline="") as fh:
         reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        if not header:
-            raise fixable(ManifestError, f"manifest {manifest} is empty (no header row)",
-                          f"write a header with at least {', '.join(REQUIRED_COLUMNS)}")
-        _check_delimiter(header, manifest)
-        duplicated = sorted({h for h in header if header.count(h) > 1})
-        if duplicated:
-            raise fixable(ManifestError, f"manifest {manifest} repeats column(s) {', '.join(duplicated)}",
-                          "keep one column of each name")
+        header = _manifest_header(reader, manifest, mask_column)
         reader.fieldnames = header
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if mask_column is not None and mask_column not in header:
-            missing.append(mask_column)
-        if missing:
-            raise fixable(ManifestError, f"manifest {manifest} lacks required column(s) {', '.join(missing)}",
-                          f"add them (required: {', '.join(REQUIRED_COLUMNS)}; session may be left empty"
-                          + (f"; {mask_column} holds the brain-mask paths" if mask_column else "") + ")")
         roi = _roi_columns(header, manifest)
         known = set(REQUIRED_COLUMNS) | {"label"} | set(roi) | set(FIELD_NAMES) | ({mask_column} - {None})
         rows = [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None})
                 for row in reader]
     if not rows:
         raise fixable(ManifestError, f"manifest {manifest} has no rows", "list at least one volume")
-    meta_cols = [c for c in header if c in FIELD_NAMES]
-
-    def builder(line: int, row: dict[str, str]) -> Row:
-        origin = f"{manifest.name} line {line}"
-        ref = InputRef(source_path=_display_path(row.get("path"), root), subject=row.get("subject") or None,
-                       session=row.get("session") or None, dataset=row.get("dataset") or None,
-                       modality=row.get("modality") or None, origin=origin)
-
-        def build() -> WorkItem:
-            for col in ("subject", "dataset", "modality", "path"):
-                if _blank(row.get(col)):
-                    raise fixable(ManifestError, f"column {col!r} is empty", f"fill in {col} for this row")
-            src = resolve_inside(row["path"], root, allow_outside_root)
-            _check_file(src, "nifti")
-            mask_path = None
-            if mask_column is not None:
-                if _blank(row.get(mask_column)):
-                    raise fixable(ManifestError, f"mask column {mask_column!r} is empty",
-                                  "give this row's brain-mask path, or run without a mask column")
-                mask_path = resolve_inside(row[mask_column], root, allow_outside_root, what="mask path")
-                _check_file(mask_path, "nifti")
-            modality = _modality(row["modality"])
-            metadata = parse_metadata({c: row.get(c) for c in meta_cols}, source=origin)
-            clinical = _clinical(row, roi)
-            session = row["session"] or None
-            return WorkItem(
-                volume_id=make_volume_id(row["dataset"], row["subject"], session, modality),
-                source_path=str(src), subject=row["subject"], session=session, dataset=row["dataset"],
-                modality=modality, label=row.get("label") or None, clinical=clinical, metadata=metadata,
-                origin=origin, mask_path=str(mask_path) if mask_path else None)
-
-        return ref, build
-
-    items, failures = _collect(builder(line, row) for line, row in rows)
+    rules = RowRules(root=root, allow_outside_root=allow_outside_root, roi=roi, mask_column=mask_column,
+                     meta_columns=tuple(c for c in header if c in FIELD_NAMES))
+    items, failures = _collect(row_input(row, rules, f"{manifest.name} line {line}") for line, row in rows)
     ignored = [c for c in header if c not in known]
     info = {"manifest": str(manifest.resolve()), "rows": len(rows), "ignored_columns": ignored,
             "warnings": column_warnings(ignored, known)}
+    return Ingested(items, failures, info)
+
+
+# ---------------------------------------------------------------------------- subject tables
+def _subject_table(source: PrepSource, root: Path) -> SubjectTable | None:
+    """The source's subject table: --subjects-table, else BIDS participants.tsv when present, else None."""
+    path = source.subjects_table
+    if path is None and source.kind == "bids" and (root / PARTICIPANTS_FILE).is_file():
+        path = root / PARTICIPANTS_FILE
+    if path is None:
+        if source.label_column is not None:
+            raise fixable(ManifestError, f"--label-column {source.label_column} needs a subject table, but "
+                                         f"{root} has no {PARTICIPANTS_FILE}",
+                          f"add {PARTICIPANTS_FILE} (participant_id + label column) or pass --subjects-table")
+        return None
+    return read_subject_table(path, label_column=source.label_column)
+
+
+def _with_subject_fields(row: dict[str, str], table: SubjectTable | None) -> tuple[dict[str, str], str | None]:
+    """The row plus its subject's label/metadata cells, and where those came from (for errors)."""
+    if table is None:
+        return row, None
+    return {**row, **table.fields(row["subject"])}, table.origin(row["subject"])
+
+
+def _table_info(table: SubjectTable | None, subjects: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
+    """Report facts and warnings: ignored columns, subjects with images but no table row."""
+    if table is None:
+        return {"subject_table": None}, []
+    missing = sorted({s for s in subjects if not table.has(s)})
+    warnings = table.warnings()
+    if missing:
+        warnings.append(f"{len(missing)} subject(s) have images but no row in {table.path} (e.g. {missing[0]}): "
+                        "their label and metadata stay empty")
+    return {"subject_table": {**table.describe(), "subjects_without_row": missing}}, warnings
+
+
+# ---------------------------------------------------------------------------- BIDS
+def _skipped_warnings(skipped: list[Any]) -> list[str]:
+    """One warning per skipped file (at most MAX_LISTED_SKIPPED), then a count."""
+    lines = [f"skipped {s.path}: {s.reason}" for s in skipped[:MAX_LISTED_SKIPPED]]
+    if len(skipped) > MAX_LISTED_SKIPPED:
+        lines.append(f"... and {len(skipped) - MAX_LISTED_SKIPPED} more skipped file(s), all listed in the "
+                     "store's prep_report.json (source.skipped)")
+    return lines
+
+
+def scan_bids(source: PrepSource, *, allow_outside_root: bool = False) -> Ingested:
+    """Work items of a raw BIDS folder (see :mod:`data_prep.bids`), labels/metadata from participants.tsv."""
+    root = source.path.resolve()
+    if not root.is_dir():
+        raise fixable(ManifestError, f"BIDS folder {source.path} does not exist", "check the --bids path")
+    files, skipped = find_anat_files(root)
+    named, warning = dataset_name(root)
+    dataset = source.dataset or named
+    table = _subject_table(source, root)
+    rules = RowRules(root=root, allow_outside_root=allow_outside_root,
+                     meta_columns=table.meta_columns if table else ())
+    rows: list[Row] = []
+    for f in files:
+        base = {"subject": f.subject, "session": f.session or "", "dataset": dataset, "modality": f.modality,
+                "path": str(f.path)}
+        row, meta_source = _with_subject_fields(base, table)
+        rows.append(row_input(row, rules, str(f.path.relative_to(root)), meta_source))
+    items, failures = _collect(rows)
+    if not items and not failures:
+        raise fixable(ManifestError, f"BIDS folder {source.path} holds no sub-*/[ses-*/]anat/*_T1w|_T2w|_FLAIR"
+                                     f".nii(.gz) files ({len(skipped)} other NIfTI file(s) skipped)",
+                      "point --bids at the dataset root (the folder with dataset_description.json and sub-*)")
+    table_info, table_warnings = _table_info(table, (f.subject for f in files))
+    info = {"root": str(root), "dataset": dataset, "subjects": len({f.subject for f in files}),
+            "skipped": [s.as_dict() for s in skipped], **table_info,
+            "warnings": [w for w in [warning] if w] + table_warnings + _skipped_warnings(skipped)}
     return Ingested(items, failures, info)
 
 
@@ -417,37 +543,46 @@ def _brats_modality(case: str, file_name: str) -> str | None:
     return BRATS_SUFFIXES[suffix]
 
 
+def _brats_input(f: Path, case: str, dataset: str, rules: RowRules, table: SubjectTable | None) -> Row:
+    """One BraTS file as a manifest-style row (modality from the suffix; None = ignored, e.g. seg)."""
+    origin = f"case {case}"
+    ref = InputRef(source_path=str(f), subject=case, dataset=dataset, origin=origin)
+
+    def build() -> WorkItem | None:
+        modality = _brats_modality(case, f.name)
+        if modality is None:
+            return None
+        base = {"subject": case, "session": "", "dataset": dataset, "modality": modality, "path": str(f)}
+        row, meta_source = _with_subject_fields(base, table)
+        return item_from_row(row, rules, origin, meta_source)
+
+    return ref, build
+
+
 def scan_brats(source: PrepSource, *, allow_outside_root: bool = False) -> Ingested:
-    """Work items of a BraTS folder: ``<root>/<case>/<case>_{t1,t1ce,t2,flair}.nii(.gz)``."""
+    """Work items of a BraTS folder: ``<root>/<case>/<case>_{t1,t1ce,t2,flair}.nii(.gz)``.
+
+    With a subject table (``source.subjects_table``: a CSV ``subject,label[,metadata...]``), each
+    case gets its row's label and metadata; the dataset-wide ``source.metadata`` fills the rest.
+    """
     root = source.path.resolve()
     if not root.is_dir():
         raise fixable(ManifestError, f"BraTS folder {source.path} does not exist", "check the --brats path")
     dataset = source.dataset or root.name or "brats"
     metadata = parse_metadata(source.metadata, source=f"metadata for {dataset}")
+    table = _subject_table(source, root)
+    rules = RowRules(root=root, allow_outside_root=allow_outside_root, base_metadata=metadata,
+                     meta_columns=table.meta_columns if table else ())
     cases = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    rows: list[Row] = []
-    for case_dir in cases:
-        case = case_dir.name
-        for f in sorted(case_dir.iterdir()):
-            if f.name.startswith(".") or not is_nifti_name(f.name):
-                continue
-            ref = InputRef(source_path=str(f), subject=case, dataset=dataset, origin=f"case {case}")
-
-            def build(f: Path = f, case: str = case, ref: InputRef = ref) -> WorkItem | None:
-                modality = _brats_modality(case, f.name)
-                if modality is None:
-                    return None
-                src = resolve_inside(str(f), root, allow_outside_root)
-                return WorkItem(volume_id=make_volume_id(dataset, case, None, modality), source_path=str(src),
-                                subject=case, session=None, dataset=dataset, modality=modality, label=None,
-                                clinical=None, metadata=metadata, origin=ref.origin)
-
-            rows.append((ref, build))
+    rows = [_brats_input(f, case_dir.name, dataset, rules, table) for case_dir in cases
+            for f in sorted(case_dir.iterdir()) if not f.name.startswith(".") and is_nifti_name(f.name)]
     items, failures = _collect(rows)
     if not items and not failures:
         raise fixable(ManifestError, f"BraTS folder {source.path} holds no <case>/<case>_<modality>.nii.gz files",
                       "point --brats at the folder that contains the case folders")
-    return Ingested(items, failures, {"root": str(root), "cases": len(cases), "dataset": dataset})
+    table_info, warnings = _table_info(table, (i.subject for i in items))
+    return Ingested(items, failures, {"root": str(root), "cases": len(cases), "dataset": dataset, **table_info,
+                                      "warnings": warnings})
 
 
 # ---------------------------------------------------------------------------- slices
@@ -520,7 +655,9 @@ def collect(source: PrepSource, *, mask_column: str | None = None, allow_outside
         return read_manifest(source.path, mask_column=mask_column, allow_outside_root=allow_outside_root)
     if mask_column is not None:
         raise fixable(ManifestError, f"a mask column ({mask_column!r}) needs a manifest source",
-                      "use mask=True (foreground threshold) for BraTS or slice folders")
+                      "use mask=True (foreground threshold) for BIDS, BraTS or slice folders")
+    if source.kind == "bids":
+        return scan_bids(source, allow_outside_root=allow_outside_root)
     if source.kind == "brats":
         return scan_brats(source, allow_outside_root=allow_outside_root)
     return scan_slices(source, allow_outside_root=allow_outside_root)

@@ -6,7 +6,7 @@ One run:
    (:mod:`data_prep.ingest`: cheap row checks, bad rows become failures);
 2. check ``out`` (:func:`check_out_path`): prep never deletes or mixes with files it did not
    create, so a file, a non-empty folder that is not a store, the input folder itself, a folder
-   that contains the inputs, or (for BraTS/slice folders, which are scanned) a folder inside the
+   that contains the inputs, or (for BIDS/BraTS/slice folders, which are scanned) a folder inside the
    input folder is refused. A new folder next to a manifest, inside its folder, is fine: the
    manifest lists its files, so the store is never read as input;
 3. create the store (exclusively: only in a new or empty folder), or reopen it after checking it
@@ -110,7 +110,7 @@ def _check_store_params(store: VolumeStore, params: PreprocessParams) -> None:
 
 
 def source_root(source: PrepSource) -> Path:
-    """The input folder: the manifest's folder, or the BraTS / slice root."""
+    """The input folder: the manifest's folder, or the BIDS / BraTS / slice root."""
     path = source.path.resolve()
     return path.parent if source.kind == "manifest" else path
 
@@ -126,7 +126,7 @@ def check_out_path(out: Path, source: PrepSource, items: Sequence[WorkItem]) -> 
     """StoreError when writing the store at ``out`` could overwrite, delete or mix with the inputs.
 
     Refused: ``out`` equal to the input folder or containing it, ``out`` containing any input
-    file (allow_outside_root inputs included), and for BraTS/slice folders ``out`` inside the
+    file (allow_outside_root inputs included), and for BIDS/BraTS/slice folders ``out`` inside the
     input folder (the next run would scan the store as a case/class folder).
     """
     check_out_is_folder(out)

@@ -38,6 +38,8 @@ Normalisation runs on the input voxels (before resampling) so interpolation cann
 out of range: clip at the ``clip_percentiles`` (computed over the brain mask when masking,
 else over the whole volume), then min-max to [0, 1] (seed 003 §2.3) or z-score (mean/std
 over the mask, else over the foreground). Masked-out voxels are set to the background value.
+The clip bounds and the offset/scale used are returned (:class:`IntensityMap`) and recorded with
+each volume, so model outputs can be mapped back to scanner units.
 """
 from __future__ import annotations
 
@@ -113,10 +115,12 @@ class PreprocessParams:
 
 @dataclass(frozen=True)
 class Preprocessed:
-    """Output volume (float32, ``params.shape``) and its RAS voxel->world affine."""
+    """Output (float32, ``params.shape``), its RAS voxel->world affine (None for 2D slices) and the
+    intensity mapping that produced it."""
 
     data: np.ndarray
-    affine: np.ndarray
+    affine: np.ndarray | None
+    intensity: IntensityMap | None = None
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -189,13 +193,36 @@ def resample_to_grid(data: np.ndarray, src_affine: np.ndarray, shape: tuple[int,
     )
 
 
-def normalize_intensities(data: np.ndarray, region: np.ndarray | None, method: str,
-                          clip_percentiles: tuple[float, float], stats_region: np.ndarray | None = None,
-                          source: str = "") -> tuple[np.ndarray, float]:
-    """Clip at percentiles and scale; return (float32 image, the value the background maps to).
+@dataclass(frozen=True)
+class IntensityMap:
+    """How one input's intensities were mapped: ``out = (clip(x, clip_low, clip_high) - offset) * scale``.
 
-    ``region``: voxels that define the percentiles (None = all); ``stats_region``: voxels for the
-    z-score mean/std (defaults to ``region``, else all voxels).
+    Recorded with every volume (record key ``intensity``) so generated or reconstructed volumes
+    can be mapped back to the input's scanner units (:func:`bsynth_hpc.data.intensity.denormalize`).
+    """
+
+    method: str
+    clip_low: float
+    clip_high: float
+    offset: float
+    scale: float
+
+    @property
+    def background(self) -> float:
+        """The value the lower clip bound maps to (0 for min-max): outside the input and masked voxels."""
+        return float((np.float32(self.clip_low) - np.float32(self.offset)) * np.float32(self.scale))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "clip_low": self.clip_low, "clip_high": self.clip_high,
+                "offset": self.offset, "scale": self.scale}
+
+
+def fit_intensity_map(data: np.ndarray, region: np.ndarray | None, method: str,
+                      clip_percentiles: tuple[float, float], stats_region: np.ndarray | None = None,
+                      source: str = "") -> IntensityMap:
+    """The clip bounds (percentiles over ``region``, None = all) and the min-max / z-score scaling.
+
+    ``stats_region``: voxels for the z-score mean/std (defaults to ``region``, else all voxels).
     """
     values = data[region] if region is not None else data.ravel()
     lo, hi = (float(v) for v in np.percentile(values, clip_percentiles))
@@ -204,19 +231,34 @@ def normalize_intensities(data: np.ndarray, region: np.ndarray | None, method: s
     if hi <= lo:
         raise fixable(InputError, f"{source}: intensities inside the mask are constant ({lo:g})",
                       "check the image and its brain mask (an empty or misaligned mask?)")
-    clipped = np.clip(data, lo, hi).astype(np.float32, copy=False)
     if method == "minmax":
-        center, scale = lo, 1.0 / (hi - lo)
-    else:
-        ref = stats_region if stats_region is not None else region
-        sample = clipped[ref] if ref is not None else clipped
-        center, std = float(sample.mean(dtype=np.float64)), float(sample.std(dtype=np.float64))
-        if not std > 0:
-            raise fixable(InputError, f"{source}: zero intensity spread in the foreground",
-                          "check the image, or use normalize='minmax'")
-        scale = 1.0 / std
-    out = (clipped - np.float32(center)) * np.float32(scale)  # the clip floor maps to exactly 0 for min-max
-    return out, float((np.float32(lo) - np.float32(center)) * np.float32(scale))
+        return IntensityMap(method, lo, hi, offset=lo, scale=1.0 / (hi - lo))
+    ref = stats_region if stats_region is not None else region
+    clipped = np.clip(data, lo, hi).astype(np.float32, copy=False)
+    sample = clipped[ref] if ref is not None else clipped
+    center, std = float(sample.mean(dtype=np.float64)), float(sample.std(dtype=np.float64))
+    if not std > 0:
+        raise fixable(InputError, f"{source}: zero intensity spread in the foreground",
+                      "check the image, or use normalize='minmax'")
+    return IntensityMap(method, lo, hi, offset=center, scale=1.0 / std)
+
+
+def apply_intensity_map(data: np.ndarray, imap: IntensityMap) -> np.ndarray:
+    """``(clip(data) - offset) * scale`` as float32 (the clip floor maps to exactly 0 for min-max)."""
+    clipped = np.clip(data, imap.clip_low, imap.clip_high).astype(np.float32, copy=False)
+    return (clipped - np.float32(imap.offset)) * np.float32(imap.scale)
+
+
+def normalize_intensities(data: np.ndarray, region: np.ndarray | None, method: str,
+                          clip_percentiles: tuple[float, float], stats_region: np.ndarray | None = None,
+                          source: str = "") -> tuple[np.ndarray, float]:
+    """Clip at percentiles and scale; return (float32 image, the value the background maps to).
+
+    ``region``: voxels that define the percentiles (None = all); ``stats_region``: voxels for the
+    z-score mean/std (defaults to ``region``, else all voxels).
+    """
+    imap = fit_intensity_map(data, region, method, clip_percentiles, stats_region=stats_region, source=source)
+    return apply_intensity_map(data, imap), imap.background
 
 
 # ---------------------------------------------------------------------------- 3D volumes
@@ -236,8 +278,9 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, params: PreprocessPa
     else:
         foreground = foreground_mask(data, params.foreground_fraction)
         region = foreground if params.mask == "foreground" else None
-    normalized, background = normalize_intensities(
-        data, region, params.normalize, params.clip_percentiles, stats_region=foreground, source=source)
+    imap = fit_intensity_map(data, region, params.normalize, params.clip_percentiles, stats_region=foreground,
+                             source=source)
+    normalized, background = apply_intensity_map(data, imap), imap.background
     if region is not None:
         normalized[~region] = background
     out_aff = output_affine(affine, bbox_center(foreground), params.shape, params.spacing)
@@ -247,7 +290,7 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, params: PreprocessPa
     out = resample_to_grid(normalized, affine, params.shape, out_aff, order=1, cval=background)
     if params.normalize == "minmax":
         np.clip(out, 0.0, 1.0, out=out)
-    return Preprocessed(data=out, affine=out_aff)
+    return Preprocessed(data=out, affine=out_aff, intensity=imap)
 
 
 def mask_on_image_grid(mask: np.ndarray, mask_affine: np.ndarray, image_shape: tuple[int, ...],
@@ -267,6 +310,11 @@ def preprocess_slice(image: np.ndarray, params: PreprocessParams, source: str = 
     Resizing uses Pillow's bilinear filter on float data, which widens its support when
     shrinking (antialiased), unlike plain bilinear sampling.
     """
+    return preprocess_slice_mapped(image, params, source).data
+
+
+def preprocess_slice_mapped(image: np.ndarray, params: PreprocessParams, source: str = "") -> Preprocessed:
+    """:func:`preprocess_slice` with its intensity mapping (``affine`` is None: images carry no geometry)."""
     from PIL import Image
 
     if len(params.shape) != 2:
@@ -274,8 +322,9 @@ def preprocess_slice(image: np.ndarray, params: PreprocessParams, source: str = 
     image = np.asarray(image, dtype=np.float32)
     foreground = foreground_mask(image, params.foreground_fraction)
     region = foreground if params.mask == "foreground" else None
-    normalized, background = normalize_intensities(
-        image, region, params.normalize, params.clip_percentiles, stats_region=foreground, source=source)
+    imap = fit_intensity_map(image, region, params.normalize, params.clip_percentiles, stats_region=foreground,
+                             source=source)
+    normalized, background = apply_intensity_map(image, imap), imap.background
     if region is not None:
         normalized[~region] = background
     out_h, out_w = (int(s) for s in params.shape)
@@ -295,4 +344,4 @@ def preprocess_slice(image: np.ndarray, params: PreprocessParams, source: str = 
     out[top:top + new_h, left:left + new_w] = resized
     if params.normalize == "minmax":
         np.clip(out, 0.0, 1.0, out=out)
-    return out
+    return Preprocessed(data=out, affine=None, intensity=imap)

@@ -16,7 +16,7 @@ from bsynth_hpc.data.store import VolumeStore
 
 from .ingest import WorkItem
 from .loading import LoadedVolume, load_nifti, load_slice_image
-from .preprocess import PreprocessParams, mask_on_image_grid, preprocess_slice, preprocess_volume
+from .preprocess import PreprocessParams, Preprocessed, mask_on_image_grid, preprocess_slice_mapped, preprocess_volume
 from .report import Failure, failure_from_exception
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -42,19 +42,25 @@ def base_record(item: WorkItem, params: PreprocessParams, sha256: str) -> dict[s
     }
 
 
-def volume_record(item: WorkItem, params: PreprocessParams, vol: LoadedVolume, affine: np.ndarray) -> dict[str, Any]:
-    """Record of a 3D volume: the base fields plus input and output geometry."""
+def _intensity(out: Preprocessed) -> dict[str, Any] | None:
+    """The record's ``intensity``: clip bounds, offset and scale (see :class:`~data_prep.preprocess.IntensityMap`)."""
+    return out.intensity.as_dict() if out.intensity is not None else None
+
+
+def volume_record(item: WorkItem, params: PreprocessParams, vol: LoadedVolume, out: Preprocessed) -> dict[str, Any]:
+    """Record of a 3D volume: the base fields plus input and output geometry and the intensity mapping."""
     record = base_record(item, params, vol.sha256)
-    record.update(affine=np.asarray(affine).tolist(), source_affine=vol.affine.tolist(),
-                  source_shape=list(vol.shape), source_spacing=list(vol.spacing))
+    record.update(affine=np.asarray(out.affine).tolist(), source_affine=vol.affine.tolist(),
+                  source_shape=list(vol.shape), source_spacing=list(vol.spacing), intensity=_intensity(out))
     return record
 
 
 def slice_record(item: WorkItem, params: PreprocessParams, sha256: str,
-                 source_shape: tuple[int, ...]) -> dict[str, Any]:
+                 source_shape: tuple[int, ...], out: Preprocessed) -> dict[str, Any]:
     """Record of a 2D slice (no affine: image files carry no world geometry)."""
     record = base_record(item, params, sha256)
-    record.update(affine=None, source_affine=None, source_shape=list(source_shape), source_spacing=None)
+    record.update(affine=None, source_affine=None, source_shape=list(source_shape), source_spacing=None,
+                  intensity=_intensity(out))
     return record
 
 
@@ -82,14 +88,14 @@ def process_item(item: WorkItem, params: PreprocessParams, store_path: str,
         if store.kind == "slice2d":
             image, sha = load_slice_image(item.source_path, max_bytes=max_bytes)
             stage = "preprocess"
-            data = preprocess_slice(image, params, source=item.source_path)
-            record = slice_record(item, params, sha, image.shape)
+            out = preprocess_slice_mapped(image, params, source=item.source_path)
+            data, record = out.data, slice_record(item, params, sha, image.shape, out)
         else:
             vol = load_nifti(item.source_path, max_bytes=max_bytes)
             mask = _brain_mask(item, vol, max_bytes)
             stage = "preprocess"
             out = preprocess_volume(vol.data, vol.affine, params, brain_mask=mask, source=item.source_path)
-            data, record = out.data, volume_record(item, params, vol, out.affine)
+            data, record = out.data, volume_record(item, params, vol, out)
         stage = "write"
         store.write_volume(item.volume_id, data, record)
     except Exception as exc:  # noqa: BLE001 - one input's failure must not stop the run

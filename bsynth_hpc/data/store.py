@@ -183,7 +183,8 @@ class VolumeStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise StoreError(
-                f"{self.path} is not a bsynth store (no zarr.json): create it with `bsynth prep ... --out {self.path}`"
+                f"{self.path} is not a bsynth store (no zarr.json): pass a store written by `bsynth prep --out STORE` "
+                f"(for a raw input folder, `bsynth info {self.path}` prints the prep command that builds one)"
             )
         self._root = zarr.open_group(str(self.path), mode="r+")
         info = self._root.attrs.get("bsynth")

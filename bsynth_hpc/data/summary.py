@@ -9,8 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import StoreError
 from .finalize import describe_incomplete
 from .store import REPORT_NAME, VolumeStore
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+MAX_FILES_LOOKED_AT = 10_000
+"""How many files `bsynth info` looks at to tell a raw folder's layout (a bounded walk)."""
 
 
 def _dir_bytes(path: Path) -> int:
@@ -30,8 +35,89 @@ def split_of(info: dict[str, Any], record: dict[str, Any]) -> str:
     return str(assignment.get(f"{record.get('dataset')}/{record.get('subject')}", "-"))
 
 
+def _is_nifti(name: str) -> bool:
+    return name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _has_nifti(folder: Path) -> bool:
+    """Whether a NIfTI file lies under ``folder`` (stops at the first, or after MAX_FILES_LOOKED_AT files)."""
+    seen = 0
+    for _root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(_is_nifti(f) for f in files):
+            return True
+        seen += len(files)
+        if seen > MAX_FILES_LOOKED_AT:
+            return False
+    return False
+
+
+BIDS_OTHER_FOLDERS: frozenset[str] = frozenset({"derivatives", "sourcedata", "code", "stimuli", "phenotype"})
+
+
+def _looks_bids(folder: Path) -> bool:
+    """dataset_description.json, or only sub-* folders (one with anat/) and no NIfTI at the top level."""
+    if (folder / "dataset_description.json").is_file():
+        return True
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if any(p.is_file() and _is_nifti(p.name) for p in entries):
+        return False
+    folders = [p for p in entries if p.is_dir() and p.name not in BIDS_OTHER_FOLDERS]
+    return bool(folders) and all(p.name.startswith("sub-") for p in folders) and any(
+        (p / "anat").is_dir() or any(p.glob("ses-*/anat")) for p in folders)
+
+
+def _looks_brats(folder: Path) -> bool:
+    """Case folders holding ``<case>_t1.nii.gz``-style files."""
+    for case in (p for p in folder.iterdir() if p.is_dir()):
+        if any(f.name.startswith(case.name) and _is_nifti(f.name) for f in case.iterdir()):
+            return True
+    return False
+
+
+def _store_next_to(folder: Path) -> str:
+    """A store path beside the input folder (never inside it: prep refuses that for scanned folders)."""
+    if folder.name and folder.name not in (".", ".."):
+        return f"{folder}_store.zarr"
+    resolved = folder.resolve()
+    return str(resolved.parent / f"{resolved.name}_store.zarr")
+
+
+def prep_advice(folder: Path) -> str:
+    """The `bsynth prep` command that builds a store from a raw input folder (by its layout)."""
+    out = _store_next_to(folder)
+    if (folder / "manifest.csv").is_file():
+        return f"bsynth prep --manifest {folder / 'manifest.csv'} --out {out}"
+    if _looks_bids(folder):
+        return f"bsynth prep --bids {folder} --out {out}"
+    if _looks_brats(folder):
+        return f"bsynth prep --brats {folder} --out {out}"
+    if _has_nifti(folder):
+        manifest = folder / "manifest.csv"
+        return f"bsynth manifest --from {folder} --out {manifest}, then bsynth prep --manifest {manifest} --out {out}"
+    return ""
+
+
+def not_a_store_error(path: Path) -> StoreError:
+    """Why ``path`` cannot be summarised, with the command that makes a store from it when it is raw data."""
+    if not path.exists():
+        return StoreError(f"{path} does not exist; fix: pass a store written by `bsynth prep --out STORE`")
+    if not path.is_dir():
+        return StoreError(f"{path} is a file, not a store (a store is a folder); fix: pass the folder that "
+                          "`bsynth prep --out` wrote")
+    advice = prep_advice(path)
+    if advice:
+        return StoreError(f"{path} is not a bsynth store but raw input (no zarr.json); fix: build a store from it "
+                          f"with `{advice}` (prep writes the store beside its inputs, never into them), then "
+                          "`bsynth info` that store")
+    return StoreError(f"{path} is not a bsynth store (no zarr.json); fix: pass a store written by "
+                      "`bsynth prep --out STORE`")
+
+
 def store_summary(path: str | Path) -> dict[str, Any]:
     """Counts per modality/dataset/label/split, sizes and the prep report's failures."""
+    if not (Path(path) / "zarr.json").exists():
+        raise not_a_store_error(Path(path))
     store = VolumeStore(path)
     info = store.info
     records = list(store.records())
