@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", choices=["store", "native"], default="store",
                    help="store: the preprocessed RAS grid (default); native: resampled onto a scanner grid "
                         "(--reference) so samples overlay scans in world coordinates")
+    p.add_argument("--intensity", choices=["unit", "scanner"], default="unit",
+                   help="unit: [0, 1] as trained (default); scanner: the --reference volume's recorded prep "
+                        "normalisation inverted (needs a volume id of the training store)")
     p.add_argument("--reference", default=None,
                    help="--space native grid: a NIfTI scan, or a volume id of the training store (its source "
                         "scan's grid as prep recorded it; default the store's first volume)")

@@ -390,3 +390,32 @@ def test_space_native_overlays_the_reference_scan_in_world_coordinates(pipeline,
     assert np.asarray(native.dataobj).max() > 0.05  # the grids overlap: not an empty volume
     with pytest.raises(ConfigError, match="no source grid"):  # this synthetic store recorded no source scans
         sample_from_args(_sample_args(root / "dit", tmp_path / "x", space="native"))
+
+
+def test_output_space_scanner_grid_and_intensities(tmp_path):
+    """--space native --intensity scanner with a store volume as reference: the source scan's grid (from the
+    record prep wrote) and the inverse of its recorded normalisation."""
+    from nibabel.processing import resample_from_to
+    import nibabel as nib
+
+    from bsynth_hpc.errors import ConfigError
+    from bsynth_hpc.recipes.common.outputs import output_space
+
+    store = VolumeStore.create_or_open(tmp_path / "s.zarr", StoreLayout(kind="volume3d", shape=SHAPE,
+                                                                         spacing=(2.0, 2.0, 2.0)))
+    src_affine = np.array([[1.0, 0, 0, -14], [0, 1.0, 0, -16], [0, 0, 1.0, -8], [0, 0, 0, 1]])
+    rec = {"subject": "sub-00", "session": None, "dataset": "d", "modality": "T1w", "modality_id": 0,
+           "affine": AFFINE.tolist(), "source_affine": src_affine.tolist(), "source_shape": [28, 30, 26],
+           "intensity": {"method": "minmax", "clip_low": 10.0, "clip_high": 410.0, "offset": 10.0, "scale": 1 / 400}}
+    store.write_volume("d_sub-00_T1w", volume(0, SHAPE), rec)
+    space = output_space("native", "scanner", "d_sub-00_T1w", tmp_path / "s.zarr")
+    vol = volume(1, SHAPE)
+    out, affine = space.apply(vol, AFFINE)
+    assert out.shape == (28, 30, 26) and np.allclose(affine, src_affine)
+    ref = resample_from_to(nib.Nifti1Image(vol, AFFINE), ((28, 30, 26), src_affine), order=1, cval=0.0)
+    inside = np.asarray(ref.dataobj) > 0.05
+    np.testing.assert_allclose(out[inside], np.asarray(ref.dataobj)[inside] * 400 + 10, rtol=0, atol=1.0)
+    assert output_space("store", "unit", None, None) is None
+    with pytest.raises(ConfigError, match="needs --reference VOLUME_ID"):
+        nib.save(nib.Nifti1Image(vol, AFFINE), str(tmp_path / "r.nii.gz"))
+        output_space("store", "scanner", str(tmp_path / "r.nii.gz"), None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,7 +23,8 @@ import numpy as np
 from ...errors import ConfigError
 
 __all__ = ["write_samples", "write_nifti", "write_preview", "triplanar", "write_samples_csv", "store_affine",
-           "read_samples_csv", "continue_numbering", "resample_to_grid", "native_grid",
+           "read_samples_csv", "continue_numbering", "resample_to_grid", "OutputSpace",
+           "output_space",
            "decode_latents", "decode_tile_from_env"]
 
 SAMPLES_CSV = "samples.csv"
@@ -84,11 +86,11 @@ def store_affine(store: str | os.PathLike[str]) -> np.ndarray:
     return np.diag([*map(float, spacing), 1.0])
 
 
-def write_nifti(volume: Any, affine: Any, path: str | os.PathLike[str]) -> Path:
-    """One float32 NIfTI (clipped to [0, 1]) with ``affine``, written atomically."""
+def write_nifti(volume: Any, affine: Any, path: str | os.PathLike[str], clip01: bool = True) -> Path:
+    """One float32 NIfTI with ``affine`` (clipped to [0, 1] unless ``clip01`` is false), written atomically."""
     import nibabel as nib
 
-    arr = np.clip(_as_numpy(volume), 0.0, 1.0)
+    arr = np.clip(_as_numpy(volume), 0.0, 1.0) if clip01 else _as_numpy(volume)
     aff = np.asarray(affine, dtype=np.float64).reshape(4, 4)
     img = nib.Nifti1Image(arr, aff)
     img.set_qform(aff, code=1)
@@ -139,19 +141,51 @@ def resample_to_grid(volume: Any, affine: Any, shape: Sequence[int], target_affi
                                     order=1, mode="constant", cval=0.0).astype(np.float32)
 
 
-def native_grid(reference: str | None, store: str | os.PathLike[str] | None) -> tuple[tuple[int, ...], np.ndarray, str]:
-    """The scanner grid of ``--space native``: (shape, affine, what it is).
+@dataclass(frozen=True)
+class OutputSpace:
+    """Where written volumes live: the store grid and [0, 1] (the default, ``None``), or a scanner grid
+    (``shape``/``affine``) and optionally the scanner intensities of ``record`` (``bsynth prep``'s
+    recorded normalisation, inverted by :func:`bsynth_hpc.data.intensity.denormalize`)."""
+
+    shape: tuple[int, ...] | None = None
+    affine: np.ndarray | None = None
+    record: Mapping[str, Any] | None = None
+    what: str = ""
+
+    def apply(self, volume: np.ndarray, affine: Any) -> tuple[np.ndarray, Any]:
+        """(volume, affine) in this space."""
+        if self.shape is not None:
+            volume, affine = resample_to_grid(volume, affine, self.shape, self.affine), self.affine
+        if self.record is not None:
+            from ...data.intensity import denormalize
+
+            volume = denormalize(volume, self.record)
+        return volume, affine
+
+
+def output_space(space: str, intensity: str, reference: str | None,
+                 store: str | os.PathLike[str] | None) -> OutputSpace | None:
+    """The space of ``--space store|native`` and ``--intensity unit|scanner`` (None: store grid, [0, 1]).
 
     ``reference`` is a NIfTI path (its grid) or a volume id of ``store`` (the source scan's grid that
-    prep recorded as ``source_shape``/``source_affine``); None takes the store's first volume."""
+    prep recorded as ``source_shape``/``source_affine``, and its intensity normalisation); None takes
+    the store's first volume."""
+    if space not in ("store", "native") or intensity not in ("unit", "scanner"):
+        raise ConfigError(f"space={space!r}, intensity={intensity!r}: use store|native and unit|scanner")
+    if space == "store" and intensity == "unit":
+        return None
     if reference and Path(reference).is_file():
+        if intensity == "scanner":
+            raise ConfigError("--intensity scanner needs --reference VOLUME_ID (a volume of the training store, "
+                              "whose recorded normalisation is inverted), not a NIfTI file")
         import nibabel as nib
 
         img = nib.load(str(reference))
-        return tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, dtype=np.float64), str(reference)
+        return OutputSpace(tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, dtype=np.float64),
+                           None, str(reference))
     if store is None or not Path(store).exists():
-        raise ConfigError(f"--space native needs --reference (a NIfTI file or a volume id of the training store); "
-                          f"the training store {store} is not available")
+        raise ConfigError(f"--space native / --intensity scanner need --reference (a NIfTI file or a volume id "
+                          f"of the training store); the training store {store} is not available")
     from ...data.store import VolumeStore
 
     s = VolumeStore(store)
@@ -160,19 +194,23 @@ def native_grid(reference: str | None, store: str | os.PathLike[str] | None) -> 
     if vid not in ids:
         raise ConfigError(f"--reference {reference!r} is neither a NIfTI file nor a volume id of {store} "
                           f"(e.g. {', '.join(ids[:3])})")
-    rec = s.record(vid)
-    if not rec.get("source_affine") or not rec.get("source_shape"):
-        raise ConfigError(f"{store}: volume {vid} records no source grid (source_affine/source_shape): give "
-                          "--reference SCAN.nii.gz")
-    return (tuple(int(v) for v in rec["source_shape"][:3]),
-            np.asarray(rec["source_affine"], dtype=np.float64).reshape(4, 4), f"{vid}'s source scan in {store}")
+    rec = {**s.record(vid), "volume_id": vid}
+    shape = affine = None
+    if space == "native":
+        if not rec.get("source_affine") or not rec.get("source_shape"):
+            raise ConfigError(f"{store}: volume {vid} records no source grid (source_affine/source_shape): give "
+                              "--reference SCAN.nii.gz")
+        shape = tuple(int(v) for v in rec["source_shape"][:3])
+        affine = np.asarray(rec["source_affine"], dtype=np.float64).reshape(4, 4)
+    return OutputSpace(shape, affine, rec if intensity == "scanner" else None, f"{vid} of {store}")
 
 
 def write_samples(volumes: Any, affine: Any, out_dir: str | os.PathLike[str], names: Sequence[str],
-                  previews: bool = True, native: tuple[Sequence[int], Any] | None = None) -> list[Path]:
+                  previews: bool = True, space: OutputSpace | None = None) -> list[Path]:
     """Write out_dir/<name>.nii.gz (+ out_dir/previews/<name>.png) for each volume; returns the NIfTI paths.
 
-    ``native`` = (shape, affine) resamples each volume onto that scanner grid first (``--space native``)."""
+    ``space`` moves each volume onto a scanner grid and/or into scanner intensities first (previews
+    stay on the store grid, in [0, 1])."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vols = list(volumes) if not isinstance(volumes, np.ndarray) else [volumes[i] for i in range(volumes.shape[0])]
@@ -181,11 +219,9 @@ def write_samples(volumes: Any, affine: Any, out_dir: str | os.PathLike[str], na
     paths = []
     for vol, name in zip(vols, names):
         arr = _as_numpy(vol)
-        if native is not None:
-            arr, affine_out = resample_to_grid(arr, affine, native[0], native[1]), native[1]
-        else:
-            affine_out = affine
-        paths.append(write_nifti(arr, affine_out, out / f"{name}.nii.gz"))
+        written, affine_out = space.apply(arr, affine) if space is not None else (arr, affine)
+        paths.append(write_nifti(written, affine_out, out / f"{name}.nii.gz",
+                                 clip01=space is None or space.record is None))
         if previews:
             write_preview(arr, out / "previews" / f"{name}.png")
     return paths

@@ -67,7 +67,7 @@ def sample_from_args(args: Any) -> int:
     from ...engine.export import load_exported
     from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, write_samples,
                                   write_samples_csv)
-    from ..common.outputs import native_grid
+    from ..common.outputs import output_space
     from ..common.provenance import check_decoder_matches, training_store
     from .ldm import load_dit_info
 
@@ -90,12 +90,12 @@ def sample_from_args(args: Any) -> int:
     vae, vae_meta = load_exported(compressor_run, info.get("compressor_export") or "vae", device)
     check_decoder_matches(info, f"{args.run}/export/dit", vae_meta, compressor_run)
     modality = "+".join(info["modalities"])
-    native = None
-    if getattr(args, "space", "store") == "native":
-        shape, grid, what = native_grid(getattr(args, "reference", None),
-                                        training_store(info["sidecar"]["config"]["recipe"].get("latents"), vae_meta))
-        native = (shape, grid)
-        _log(f"--space native: volumes resampled onto the grid of {what} ({'x'.join(map(str, shape))})")
+    space = output_space(getattr(args, "space", "store"), getattr(args, "intensity", "unit"),
+                         getattr(args, "reference", None),
+                         training_store(info["sidecar"]["config"]["recipe"].get("latents"), vae_meta))
+    if space is not None:
+        _log(f"output space: {getattr(args, 'space', 'store')} grid, {getattr(args, 'intensity', 'unit')} "
+             f"intensities, from {space.what}")
     s_z = info.get("latent_scale") or vae_meta.get("latent_scale") or 1.0
     affine, volume_shape = _affine_and_shape(info, vae_meta)
     process_cfg = dcfg
@@ -128,7 +128,7 @@ def sample_from_args(args: Any) -> int:
             vol = decode_latents(vae, z.to(next(vae.parameters()).dtype), volume_shape, tile)
             vol = vol.float().clamp(0, 1).cpu().numpy()
             names = [f"dit3d_{existing + start + i:04d}_{c}" for i, c in enumerate(chunk)]
-            write_samples([v[0] for v in vol], affine, out_dir, names, native=native)
+            write_samples([v[0] for v in vol], affine, out_dir, names, space=space)
             for i, (name, c) in enumerate(zip(names, chunk)):
                 rows.append({"path": f"{name}.nii.gz", "modality": modality, "label": c, "class_id": classes.index(c),
                              "seed": seed, "index_in_batch": i, "guidance": scale, "solver": solver, "steps": steps,

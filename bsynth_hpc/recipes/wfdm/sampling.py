@@ -121,11 +121,12 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
                 label: str | None = None, steps: int | None = None, solver: str | None = None,
                 cfg: float | None = None, compressor_run: str | None = None, batch_size: int = 1, seed: int = 0,
                 device: str | None = None, tile: int | None = None, trajectory: int = 0,
-                overwrite: bool = False, space: str = "store", reference: str | None = None) -> list[Path]:
+                overwrite: bool = False, space: str = "store", reference: str | None = None,
+                intensity: str = "unit") -> list[Path]:
     """Sample volumes from a wfdm-ldm run (see the module docstring); returns the NIfTI paths."""
     from ...diffusion import DiffusionConfig, build_process, sample
     from ...engine.export import load_exported
-    from ..common.outputs import native_grid
+    from ..common.outputs import output_space
     from ..common.provenance import check_decoder_matches, training_store
     from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, write_samples,
                                   write_samples_csv)
@@ -140,13 +141,9 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
         raise ConfigError(f"{run}/export/unet.json records no compressor run: pass --compressor-run RUN_A")
     vae, meta_a = load_exported(comp_run, meta_b.get("compressor_export") or "vae", dev)
     check_decoder_matches(meta_b, f"{run}/export/unet", meta_a, comp_run)
-    native = None
-    if space == "native":
-        shape, grid, what = native_grid(reference, training_store(meta_b.get("latents"), meta_a))
-        native = (shape, grid)
-        _log(f"--space native: volumes resampled onto the grid of {what} ({'x'.join(map(str, shape))})")
-    elif space != "store":
-        raise ConfigError(f"space={space!r}: use 'store' (the preprocessed grid) or 'native'")
+    out_space = output_space(space, intensity, reference, training_store(meta_b.get("latents"), meta_a))
+    if out_space is not None:
+        _log(f"output space: {space} grid, {intensity} intensities, from {out_space.what}")
     scale = meta_b.get("latent_scale") or meta_a.get("latent_scale")
     if not scale:
         raise ConfigError(f"no latent scale s_z in {run}/export/unet.json nor {comp_run}/export: re-encode the "
@@ -197,7 +194,7 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
             vol = decode_latents(vae, z, volume_shape, tile)
         vol = vol.float().clamp(0, 1).cpu()
         names = [f"sample-{c['seed']:04d}_{c['modality']}" for c in chunk]
-        paths += write_samples(vol[:, 0], affine, out, names, native=native)
+        paths += write_samples(vol[:, 0], affine, out, names, space=out_space)
         if trajectory and res.intermediates:
             with torch.no_grad():
                 frames = [vae.decode(x.float() / float(scale), volume_shape).float().clamp(0, 1).cpu()
@@ -221,5 +218,6 @@ def sample_from_args(args: Any) -> int:
                 solver=args.solver, cfg=args.cfg, compressor_run=args.compressor_run,
                 batch_size=int(args.batch_size or 1), seed=int(args.seed or 0), device=args.device,
                 tile=getattr(args, "tile", None), overwrite=bool(getattr(args, "overwrite", False)),
-                space=getattr(args, "space", "store"), reference=getattr(args, "reference", None))
+                space=getattr(args, "space", "store"), reference=getattr(args, "reference", None),
+                intensity=getattr(args, "intensity", "unit"))
     return 0
