@@ -128,3 +128,13 @@ def test_missing_lpips_weights_name_options_the_command_has(tmp_path, monkeypatc
                  "--out", str(tmp_path / "recon")])
     err = capsys.readouterr().err
     assert code == 2 and "--no-lpips" in err and "--lpips-weights PATH" in err, err
+
+
+def test_single_gpu_help_is_the_header_only():
+    import subprocess
+
+    from engine_support import REPO
+
+    out = subprocess.run(["bash", str(REPO / "launchers" / "single_gpu.sh"), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "launchers/single_gpu.sh STAGE" in out and "set -uo" not in out
