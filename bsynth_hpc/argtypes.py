@@ -7,47 +7,42 @@ any model, store or GPU is touched; nothing is silently coerced (``--batch-size 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = ["int_at_least", "float_at_least", "existing_file", "output_folder", "device_name", "tile_size"]
 
 
-def int_at_least(minimum: int, what: str = "") -> Callable[[str], int]:
-    """An integer >= ``minimum`` (``what`` says why, e.g. "one sample per condition")."""
+def _at_least(convert: Callable[[str], float], noun: str, minimum: float, what: str,
+              finite: bool = False) -> Callable[[str], Any]:
+    """A parser of ``noun`` values >= ``minimum``; ``what`` says why in the message."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if finite and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if value < minimum:
             why = f" ({what})" if what else ""
-            raise argparse.ArgumentTypeError(f"{value} is too small: give an integer >= {minimum}{why}")
+            raise argparse.ArgumentTypeError(f"{value:g} is too small: give {noun} >= {minimum:g}{why}")
         return value
 
-    parse.__name__ = f"integer>={minimum}"
+    parse.__name__ = f"{noun.split()[-1]}>={minimum:g}"
     return parse
+
+
+def int_at_least(minimum: int, what: str = "") -> Callable[[str], int]:
+    """An integer >= ``minimum`` (``what`` says why, e.g. "one sample per condition")."""
+    return _at_least(int, "an integer", minimum, what)
 
 
 def float_at_least(minimum: float, what: str = "") -> Callable[[str], float]:
     """A finite float >= ``minimum``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value == value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if value < minimum:
-            why = f" ({what})" if what else ""
-            raise argparse.ArgumentTypeError(f"{value:g} is too small: give a number >= {minimum:g}{why}")
-        return value
-
-    parse.__name__ = f"number>={minimum:g}"
-    return parse
+    return _at_least(float, "a number", minimum, what, finite=True)
 
 
 def tile_size(text: str) -> int:
