@@ -302,3 +302,23 @@ def test_train_quiet_turns_the_progress_bar_off_and_tiny_configs_keep_it_on():
     loud = _config_from_args(parse_train_args(["wfdm-vae", "--config", cfg, "--run-dir", "r"]))
     quiet = _config_from_args(parse_train_args(["wfdm-vae", "--config", cfg, "--run-dir", "r", "--quiet"]))
     assert loud.engine.progress is True and quiet.engine.progress is False and quiet.engine.tensorboard is True
+
+
+def test_global_batch_holds_on_every_launch_layout():
+    """#12.5: dit3d.slurm's 2 nodes x 4 GPUs with micro_batch 4 trained at batch 32, not the config's 16."""
+    from bsynth_hpc.engine.config import EngineConfig
+    from bsynth_hpc.errors import ConfigError
+
+    cfg = EngineConfig(micro_batch=4, global_batch=16)
+    for world, expected in {1: (4, 4), 2: (4, 2), 4: (4, 1), 8: (2, 1), 16: (1, 1)}.items():
+        layout = cfg.batch_layout(world)
+        assert (layout["micro_batch"], layout["grad_accum"]) == expected
+        assert layout["micro_batch"] * layout["grad_accum"] * world == 16
+    with pytest.raises(ConfigError, match="cannot be split evenly over 6 ranks: launch 1, 2, 4, 8, 16"):
+        cfg.batch_layout(6)
+    assert EngineConfig(micro_batch=3).batch_layout(4) == {}
+    import yaml
+
+    from engine_support import REPO
+
+    assert yaml.safe_load((REPO / "configs" / "dit3d_tle.yaml").read_text())["engine"]["global_batch"] == 16

@@ -348,3 +348,11 @@ def test_checkpoint_without_stage_state_still_resumes(tmp_path, store, capsys):
     assert "written before stages saved their own state" in capsys.readouterr().out
     final = load_torch(tmp_path / "run" / "checkpoints" / "step-00000003" / "trainer.pt")["stage"]
     assert final["seen"] == [2]
+
+
+def test_global_batch_sets_the_accumulation_of_a_run(tmp_path, store, capsys):
+    config = write_config(tmp_path / "c.yaml", "smoke-denoiser", engine={"max_steps": 1, "micro_batch": 2,
+                                                                         "global_batch": 4})
+    assert train_main(train_args("smoke-denoiser", config, store, tmp_path / "run")) == 0
+    out = capsys.readouterr()
+    assert "global batch 4 = 2 x 2 x 1" in out.out + out.err

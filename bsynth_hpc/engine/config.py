@@ -103,6 +103,9 @@ class EngineConfig:
     precision: Precision = "fp32"
     micro_batch: int = 1
     grad_accum: int = 1
+    global_batch: int | None = None
+    """The batch of one optimizer step whatever the launch layout: micro_batch (at most) and grad_accum are
+    derived from it for the world size (``batch_layout``); None: micro_batch x grad_accum x world size."""
     clip_grad: float = 1.0
     ema_decay: float = 0.999
     ema_every: int = 1
@@ -130,6 +133,8 @@ class EngineConfig:
         require(self.zero_stage in (0, 1, 2, 3), f"{where}.zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
         require(self.micro_batch >= 1, f"{where}.micro_batch={self.micro_batch} must be >= 1")
         require(self.grad_accum >= 1, f"{where}.grad_accum={self.grad_accum} must be >= 1")
+        require(self.global_batch is None or self.global_batch >= 1,
+                f"{where}.global_batch={self.global_batch} must be >= 1 or null (micro_batch x grad_accum x ranks)")
         require(self.clip_grad >= 0, f"{where}.clip_grad={self.clip_grad} must be >= 0 (0 = no clipping)")
         require(0.0 <= self.ema_decay < 1.0, f"{where}.ema_decay={self.ema_decay} must be in [0, 1) (0 = no EMA)")
         require(self.ema_every >= 1, f"{where}.ema_every={self.ema_every} must be >= 1")
@@ -161,6 +166,19 @@ class EngineConfig:
             require(Path(self.ds_config_override).is_file(),
                     f"{where}.ds_config_override={self.ds_config_override!r} does not exist: give the path of a "
                     "DeepSpeed JSON file whose keys override the generated ds_config")
+
+    def batch_layout(self, world_size: int) -> dict[str, int]:
+        """micro_batch and grad_accum that give ``global_batch`` on ``world_size`` ranks: the largest
+        micro-batch up to the configured one that divides the per-rank share ({} when global_batch is unset)."""
+        if self.global_batch is None:
+            return {}
+        if self.global_batch % world_size:
+            divisors = [d for d in range(1, self.global_batch + 1) if self.global_batch % d == 0]
+            raise ConfigError(f"engine.global_batch={self.global_batch} cannot be split evenly over {world_size} "
+                              f"ranks: launch {', '.join(map(str, divisors))} ranks, or change engine.global_batch")
+        per_rank = self.global_batch // world_size
+        micro = max(d for d in range(1, min(self.micro_batch, per_rank) + 1) if per_rank % d == 0)
+        return {"micro_batch": micro, "grad_accum": per_rank // micro}
 
     @property
     def per_rank_batch(self) -> int:

@@ -132,6 +132,9 @@ def train_main(argv: Sequence[str] | None = None, default_stage: str | None = No
         dist = discover()
         rank, distributed = dist.rank, dist.distributed
         device = select_device(dist, config.engine.device)
+        layout = config.engine.batch_layout(dist.world_size)
+        if layout:
+            config = config.with_engine(**layout)
         plan = None
         if args.gpu_mem_gb == "auto":
             from .planner import detect_gpu_memory_gb
