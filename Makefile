@@ -20,10 +20,10 @@ demo: setup
 	$(BIN)/bsynth demo
 
 test: setup
-	$(BIN)/python -m pytest -n 2 -m "not heavy" $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not heavy" $(PYTEST_ARGS) tests
 
 test-all: setup
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
 
 bench-data: setup
 	$(BIN)/bsynth bench data

@@ -356,3 +356,31 @@ def test_global_batch_sets_the_accumulation_of_a_run(tmp_path, store, capsys):
     assert train_main(train_args("smoke-denoiser", config, store, tmp_path / "run")) == 0
     out = capsys.readouterr()
     assert "global batch 4 = 2 x 2 x 1" in out.out + out.err
+
+
+def test_a_preemption_signal_during_startup_is_not_fatal(tmp_path, store):
+    """A SLURM --signal (or scancel --signal=USR1) in a task's first seconds used to kill it (exit 138): the
+    handler is now installed before the heavy imports, so the run stops after its first step with a
+    checkpoint and asks for requeue (75). The signal is sent while torch is being imported."""
+    import subprocess
+
+    config = write_config(tmp_path / "c.yaml", "smoke-denoiser", engine={"max_steps": 50})
+    argv = train_args("smoke-denoiser", config, store, tmp_path / "run")
+    code = (
+        "import builtins, os, signal, sys\n"
+        "real = builtins.__import__\n"
+        "def hook(name, *a, **k):\n"
+        "    if name == 'torch' and not getattr(hook, 'sent', False):\n"
+        "        hook.sent = True\n"
+        "        os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = hook\n"
+        "from bsynth_hpc.engine.run import train_main\n"
+        f"sys.exit(train_main({argv!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_REQUEUE, out[-3000:]
+    assert "SIGUSR1 received" in out
+    steps = [p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")]
+    assert steps == ["step-00000001"], (steps, out[-2000:])

@@ -118,13 +118,17 @@ def train_main(argv: Sequence[str] | None = None, default_stage: str | None = No
     args = parse_train_args(argv, default_stage, prog)
     run_dir = Path(args.run_dir)
     rank, distributed = int(os.environ.get("RANK", "0") or 0), False
-    watchdog = preemption = None
+    from .signals import PreemptionHandler
+
+    # installed before the heavy imports: a SLURM --signal or scancel --signal=USR1 in the first seconds
+    # of a task is recorded (the run stops after its first step with a checkpoint) instead of killing it
+    preemption = PreemptionHandler(rank).install()
+    watchdog = None
     code = EXIT_FAILED
     try:
         from .distributed import Comm, discover, init_process_group, select_device
         from .faults import FaultInjector
         from .monitor import write_status
-        from .signals import PreemptionHandler
         from .trainer import Trainer
         from .watchdog import Watchdog
 
@@ -147,7 +151,7 @@ def train_main(argv: Sequence[str] | None = None, default_stage: str | None = No
         init_process_group(dist, device, config.engine.timeouts.collective, config.engine.timeouts.init,
                            force=config.engine.backend == "deepspeed")
         comm = Comm(dist, device)
-        preemption = PreemptionHandler(rank).install()
+        preemption.rank = rank
         watchdog = Watchdog(config.engine.timeouts.step, rank, on_expire=lambda msg: write_status(
             run_dir, "hang", -1, EXIT_HANG, msg)).start()
         trainer = Trainer(config, run_dir, dist, device, comm, resume=args.resume, watchdog=watchdog,
