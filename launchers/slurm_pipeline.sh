@@ -9,6 +9,11 @@
 # takes the per-stage settings (*_CONFIG, *_RUN) instead.
 # run_encode VAE_RUN STORE LATENTS encodes a store data-parallel over the job's tasks (rank r takes
 # volumes r::world); a rerun skips latents already written.
+# validate_chain CONFIG... checks, before anything is submitted, what would make the chain fail late
+# (no sbatch, no store, a missing config, an evaluation without weights or an explicit smoke flag) and
+# prints the global batch each training stage will run at on NODES x GPUS_PER_NODE ranks; it returns
+# 2 (nothing submitted) on any problem. NODES / GPUS_PER_NODE (default: the #SBATCH lines, 2 x 4) set
+# the training jobs' size.
 
 drop_single_stage_settings() {
     local name
@@ -21,14 +26,71 @@ drop_single_stage_settings() {
     done
 }
 
+# has_any "WORDS" OPTION...: whether one of the options appears among the words
+has_any() {
+    local words=" $1 " opt; shift
+    for opt in "$@"; do case "$words" in *" $opt "*|*" $opt="*) return 0 ;; esac; done
+    return 1
+}
+
+# weights_in_dir PATTERN: whether $BSYNTH_WEIGHTS_DIR (or a sub-folder) holds a file matching PATTERN
+weights_in_dir() {
+    [ -n "${BSYNTH_WEIGHTS_DIR:-}" ] && [ -n "$(find "$BSYNTH_WEIGHTS_DIR" -maxdepth 2 -name "$1" -print -quit 2>/dev/null)" ]
+}
+
+# global_batch CONFIG WORLD: "B = micro x accum x WORLD" as the engine will run CONFIG on WORLD ranks
+global_batch() {
+    "$PYTHON" - "$1" "$2" 2>/dev/null <<'PY' || echo "unknown (bsynth_hpc not importable here)"
+import sys
+from bsynth_hpc.engine.config import read_yaml
+from bsynth_hpc.engine.config import EngineConfig
+from bsynth_hpc.engine.configtools import from_mapping
+engine = from_mapping(EngineConfig, dict(read_yaml(sys.argv[1]).get("engine") or {}), "engine")
+world = int(sys.argv[2])
+layout = engine.batch_layout(world) or {"micro_batch": engine.micro_batch, "grad_accum": engine.grad_accum}
+m, a = layout["micro_batch"], layout["grad_accum"]
+stated = f" (engine.global_batch {engine.global_batch})" if engine.global_batch else " (engine.global_batch unset)"
+print(f"{m * a * world} = {m} x {a} x {world}{stated}")
+PY
+}
+
+validate_chain() {
+    local problems=() cfg world
+    command -v sbatch >/dev/null 2>&1 || problems+=("sbatch is not on PATH: submit the chain from a SLURM login node")
+    [ -f "$STORE/zarr.json" ] || problems+=("STORE=$STORE is not a bsynth store (no zarr.json): run \`bsynth prep\` first or set STORE=")
+    for cfg in "$@"; do
+        [ -f "$cfg" ] || problems+=("config $cfg does not exist: set the stage's *_CONFIG")
+    done
+    if [ -n "${EVAL_SYNTH_ARGS+set}" ] && ! has_any "${EVAL_SYNTH_ARGS:-}" --weights --allow-random-features \
+            && ! weights_in_dir 'resnet_*.pth'; then
+        problems+=("the sample-eval job needs MedicalNet weights: put resnet_50_23dataset.pth in \$BSYNTH_WEIGHTS_DIR, set EVAL_SYNTH_ARGS=\"--weights PATH\", or EVAL_SYNTH_ARGS=--allow-random-features for a smoke run")
+    fi
+    if [ -n "${EVAL_RECON_ARGS+set}" ] && ! has_any "${EVAL_RECON_ARGS:-}" --lpips-weights --no-lpips \
+            --allow-random-features && ! weights_in_dir 'alexnet*.pth'; then
+        problems+=("the sample-eval job's eval recon needs AlexNet (LPIPS) weights: put alexnet-owt-7be5be79.pth in \$BSYNTH_WEIGHTS_DIR, or set EVAL_RECON_ARGS=--no-lpips (or --allow-random-features)")
+    fi
+    if [ "${#problems[@]}" -gt 0 ]; then
+        printf '[pipeline] %s\n' "${problems[@]}" >&2
+        echo "[pipeline] nothing submitted" >&2
+        return 2
+    fi
+    world=$(( ${NODES:-2} * ${GPUS_PER_NODE:-4} ))
+    for cfg in "$@"; do
+        echo "[pipeline] $cfg on ${NODES:-2} node(s) x ${GPUS_PER_NODE:-4} GPU(s): global batch $(global_batch "$cfg" "$world")"
+    done
+}
+
 submit_chain() {
     local script=$1; shift
     local dep="" summary="" last=${!#} id stage
     local site=()
     # shellcheck disable=SC2206  # SBATCH_ARGS is a list of options
     site=(${SBATCH_ARGS:-})
+    local size=()
+    [ -n "${NODES:-}" ] && size+=(--nodes="$NODES")
+    [ -n "${GPUS_PER_NODE:-}" ] && size+=(--ntasks-per-node="$GPUS_PER_NODE")
     for stage in "$@"; do
-        local extra=()
+        local extra=("${size[@]}")
         if [ "$stage" = "$last" ]; then extra=(--nodes=1 --ntasks-per-node=1); fi
         id=$(sbatch --parsable ${dep:+--dependency=afterok:$dep} "${site[@]}" "${extra[@]}" \
                  --export=ALL,STAGE="$stage" "$script") \

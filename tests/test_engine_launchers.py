@@ -104,13 +104,24 @@ echo "$n"
 """
 
 
-@pytest.mark.parametrize("script, stages", [("wfdm.slurm", ["wfdm-vae", "encode", "wfdm-ldm", "sample-eval"]),
-                                            ("dit3d.slurm", ["dit3d-vae", "encode", "dit3d", "sample-study"])])
-def test_slurm_pipeline_submits_a_dependent_chain(fake_slurm, tmp_path, script, stages):
+def _pipeline_env(fake_slurm, tmp_path):
+    """A fake sbatch, a (marker) store and smoke flags for the eval job: a chain validate_chain accepts."""
     env, log = fake_slurm
     (tmp_path / "bin" / "sbatch").write_text(FAKE_SBATCH)
     (tmp_path / "bin" / "sbatch").chmod(0o755)
-    env["STAGE"] = "pipeline"
+    store = tmp_path / "store.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text("{}")
+    env.update({"STAGE": "pipeline", "STORE": str(store), "EVAL_SYNTH_ARGS": "--allow-random-features",
+                "EVAL_RECON_ARGS": "--no-lpips", "PYTHON": sys.executable})
+    env.pop("BSYNTH_WEIGHTS_DIR", None)
+    return env, log
+
+
+@pytest.mark.parametrize("script, stages", [("wfdm.slurm", ["wfdm-vae", "encode", "wfdm-ldm", "sample-eval"]),
+                                            ("dit3d.slurm", ["dit3d-vae", "encode", "dit3d", "sample-study"])])
+def test_slurm_pipeline_submits_a_dependent_chain(fake_slurm, tmp_path, script, stages):
+    env, log = _pipeline_env(fake_slurm, tmp_path)
     proc = subprocess.run(["bash", str(LAUNCHERS / script)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = (log / "sbatch").read_text().splitlines()
@@ -120,6 +131,37 @@ def test_slurm_pipeline_submits_a_dependent_chain(fake_slurm, tmp_path, script, 
     assert "--nodes=1 --ntasks-per-node=1" in calls[-1] and all("--nodes" not in c for c in calls[:-1])
     assert all(c.endswith(f"launchers/{script}") for c in calls)
     assert proc.stdout.strip().endswith(f"{stages[-1]} 104")
+
+
+@pytest.mark.parametrize("unset, message", [
+    ({"STORE": "/nonexistent.zarr"}, "STORE=/nonexistent.zarr is not a bsynth store"),
+    ({"VAE_CONFIG": "configs/no_such.yaml"}, "config configs/no_such.yaml does not exist"),
+    ({"EVAL_SYNTH_ARGS": ""}, "needs MedicalNet weights"),
+    ({"EVAL_RECON_ARGS": ""}, "needs AlexNet (LPIPS) weights"),
+])
+def test_slurm_pipeline_is_validated_before_any_sbatch(fake_slurm, tmp_path, unset, message):
+    """#12.5: `STORE=/nonexistent.zarr STAGE=pipeline bash launchers/wfdm.slurm` submitted 4 jobs, and the eval job
+    without weights failed after the whole chain."""
+    env, log = _pipeline_env(fake_slurm, tmp_path)
+    env.update(unset)
+    proc = subprocess.run(["bash", str(LAUNCHERS / "wfdm.slurm")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr and "nothing submitted" in proc.stderr, proc.stderr
+    assert not (log / "sbatch").exists()
+
+
+def test_slurm_pipeline_sizes_training_jobs_and_prints_the_global_batch(fake_slurm, tmp_path):
+    """dit3d.slurm's default 2 x 4 GPUs with micro_batch 4 trained at 32, not 000's 16: the config states 16 now
+    (engine.global_batch) and the chain prints what each stage will run at; NODES/GPUS_PER_NODE size the jobs."""
+    env, log = _pipeline_env(fake_slurm, tmp_path)
+    proc = subprocess.run(["bash", str(LAUNCHERS / "dit3d.slurm")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "configs/dit3d_tle.yaml on 2 node(s) x 4 GPU(s): global batch 16 = 2 x 1 x 8" in proc.stdout
+    env["NODES"], env["GPUS_PER_NODE"] = "1", "2"
+    (log / "sbatch").unlink()
+    proc = subprocess.run(["bash", str(LAUNCHERS / "dit3d.slurm")], env=env, capture_output=True, text=True, timeout=60)
+    assert "global batch 16 = 4 x 2 x 2" in proc.stdout, proc.stdout
+    calls = (log / "sbatch").read_text().splitlines()
+    assert all("--nodes=1 --ntasks-per-node=2" in c for c in calls[:-1]) and "--ntasks-per-node=1" in calls[-1]
 
 
 @pytest.mark.parametrize("rc, state, restarts, requeued, exit_code", [
