@@ -26,6 +26,26 @@ drop_single_stage_settings() {
     done
 }
 
+# chain_options ARG...: `--nodes N` / `--gpus-per-node N` (or --gpus N) on the pipeline command line set
+# NODES / GPUS_PER_NODE; anything else is an error (exit 2)
+chain_options() {
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --nodes) NODES=${2:?--nodes needs a number}; shift 2 ;;
+            --nodes=*) NODES=${1#*=}; shift ;;
+            --gpus-per-node|--gpus) GPUS_PER_NODE=${2:?$1 needs a number}; shift 2 ;;
+            --gpus-per-node=*|--gpus=*) GPUS_PER_NODE=${1#*=}; shift ;;
+            *) echo "[pipeline] unknown option $1: STAGE=pipeline takes --nodes N and --gpus-per-node N" >&2
+               return 2 ;;
+        esac
+    done
+    for v in "${NODES:-1}" "${GPUS_PER_NODE:-1}"; do
+        case "$v" in ''|*[!0-9]*|0) echo "[pipeline] --nodes/--gpus-per-node must be positive integers, got $v" >&2
+                                    return 2 ;;
+        esac
+    done
+}
+
 # has_any "WORDS" OPTION...: whether one of the options appears among the words
 has_any() {
     local words=" $1 " opt; shift

@@ -156,12 +156,15 @@ def test_slurm_pipeline_sizes_training_jobs_and_prints_the_global_batch(fake_slu
     proc = subprocess.run(["bash", str(LAUNCHERS / "dit3d.slurm")], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "configs/dit3d_tle.yaml on 2 node(s) x 4 GPU(s): global batch 16 = 2 x 1 x 8" in proc.stdout
-    env["NODES"], env["GPUS_PER_NODE"] = "1", "2"
     (log / "sbatch").unlink()
-    proc = subprocess.run(["bash", str(LAUNCHERS / "dit3d.slurm")], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["bash", str(LAUNCHERS / "dit3d.slurm"), "--nodes", "1", "--gpus-per-node", "2"], env=env,
+                          capture_output=True, text=True, timeout=60)
     assert "global batch 16 = 4 x 2 x 2" in proc.stdout, proc.stdout
     calls = (log / "sbatch").read_text().splitlines()
     assert all("--nodes=1 --ntasks-per-node=2" in c for c in calls[:-1]) and "--ntasks-per-node=1" in calls[-1]
+    proc = subprocess.run(["bash", str(LAUNCHERS / "dit3d.slurm"), "--gpus", "x"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "positive integers" in proc.stderr
 
 
 @pytest.mark.parametrize("rc, state, restarts, requeued, exit_code", [
