@@ -406,11 +406,18 @@ def test_local_cluster_is_tls_on_loopback_only():
     import psutil
     from distributed import Client
 
+    def listening_sockets(procs):
+        return {(c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections(kind="inet")
+                if c.status == "LISTEN"}
+
+    me = psutil.Process()
+    before_children = {p.pid for p in me.children(recursive=True)}  # e.g. the test SLURM daemons of this worker
+    before = listening_sockets([me])
     cluster = cluster_module.build_local_cluster(1)
     try:
         assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
-        procs = [psutil.Process()] + psutil.Process().children(recursive=True)
-        listening = {c.laddr.ip for p in procs for c in p.net_connections(kind="inet") if c.status == "LISTEN"}
+        procs = [me] + [p for p in me.children(recursive=True) if p.pid not in before_children]
+        listening = {ip for ip, port in listening_sockets(procs) - before}
         assert listening == {"127.0.0.1"}, listening
         with pytest.raises(Exception):  # no certificate: no connection
             Client(cluster.scheduler_address.replace("tls://", "tcp://"), timeout=2)
