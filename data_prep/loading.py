@@ -29,7 +29,6 @@ pixdim fallback) is the one geometry every tool agrees on.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import math
 import os
@@ -42,6 +41,7 @@ import nibabel as nib
 import numpy as np
 
 from bsynth_hpc.errors import ConfigError, InputError
+from bsynth_hpc.hashing import sha256_file
 
 from .report import fixable
 
@@ -89,15 +89,6 @@ def is_nifti_name(path: str | os.PathLike[str]) -> bool:
 
 def is_image_name(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
-
-
-def sha256_file(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in blocks (volumes can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def voxel_sizes(affine: np.ndarray) -> np.ndarray:

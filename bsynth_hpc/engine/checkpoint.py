@@ -40,7 +40,6 @@ safe loading off).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -52,6 +51,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
+from ..hashing import sha256_file
 from .distributed import Comm
 from .errors import CheckpointDamagedError, CheckpointError
 
@@ -59,7 +59,6 @@ STEP_RE = re.compile(r"^step-(\d{8})$")
 META = "meta.json"
 BEST = "best.json"
 DAMAGED_PREFIX = "damaged-"
-_CHUNK = 4 << 20
 _HASH_THREADS = max(1, min(8, os.cpu_count() or 1))
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -161,20 +160,6 @@ def _map_threads(fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(min(_HASH_THREADS, len(items))) as pool:
         return list(pool.map(fn, items))
-
-
-def sha256_file(path: Path, sync: bool = False) -> str:
-    """Hex SHA-256 of a file; ``sync`` also fsyncs it (files DeepSpeed wrote without fsync)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-        if sync:
-            try:
-                os.fsync(fh.fileno())
-            except OSError:  # pragma: no cover - file systems refusing fsync on a read-only handle
-                pass
-    return digest.hexdigest()
 
 
 def _files(directory: Path) -> list[Path]:

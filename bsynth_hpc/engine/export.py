@@ -19,7 +19,6 @@ written atomically; the sidecar last, so a sidecar always describes complete wei
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -30,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..hashing import sha256_file
 from .checkpoint import write_json
 from .errors import CheckpointError
 
@@ -51,14 +51,6 @@ def _versions() -> dict[str, str]:
 
     return {"bsynth_hpc": str(bsynth_version), "torch": torch.__version__, "safetensors": safetensors.__version__,
             "python": platform.python_version()}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _EXPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -139,7 +131,7 @@ def export_model(run_dir: str | os.PathLike[str], name: str, model: nn.Module, c
         "step": extra.pop("step", None),
         "versions": _versions(),
         "num_params": int(sum(p.numel() for p in model.parameters())),
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": sha256_file(weights),
         "format": FORMAT,
         **extra,
     }
@@ -214,7 +206,7 @@ def load_exported(run_dir: str | os.PathLike[str], name: str, device: str | torc
     meta = read_sidecar(sidecar)
     factory = resolve_factory(meta.get("factory"), f"{sidecar}: factory")
     expected = meta.get("weights_sha256")
-    if expected and _sha256(weights) != expected:
+    if expected and sha256_file(weights) != expected:
         raise CheckpointError(f"{weights} does not match the checksum in {sidecar}: the file is damaged or was "
                               "replaced; re-export it")
     kwargs = dict(meta.get("factory_kwargs", {}))

@@ -14,7 +14,6 @@ name carries (torchvision's ``<name>-<sha256[:8]>.pth`` convention, checked by t
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import ConfigError
+from ..hashing import sha256_file
 
 WEIGHTS_ENV = "BSYNTH_WEIGHTS_DIR"
 
@@ -109,15 +109,6 @@ def resolve_weights_path(path: str | os.PathLike[str] | None, network: str, defa
         f"{' or '.join(default_names)} in ${WEIGHTS_ENV} (or ${WEIGHTS_ENV}/{network.lower()}/), or pass "
         f"{flag}{'' if flag.endswith('=') else ' '}PATH. For a smoke test without weights {smoke_hint}."
     )
-
-
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
