@@ -81,9 +81,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["bsynth_hpc*", "kernels*", "data_prep*", "benchmarks*"]),
+    # The design card fixes the top-level folders kernels/, data_prep/ and configs/; they install as
+    # bsynth_hpc.kernels, bsynth_hpc.prep and bsynth_hpc.configs so no import name collides with another
+    # distribution (PyPI has a `kernels`). benchmarks/ and tests/ stay out of the wheel.
+    packages=find_packages(include=["bsynth_hpc", "bsynth_hpc.*"]) + [
+        "bsynth_hpc.kernels", "bsynth_hpc.prep", "bsynth_hpc.configs"],
+    package_dir={"bsynth_hpc.kernels": "kernels", "bsynth_hpc.prep": "data_prep", "bsynth_hpc.configs": "configs"},
     include_package_data=True,
-    package_data={"bsynth_hpc": ["py.typed"]},
+    package_data={"bsynth_hpc": ["py.typed"], "bsynth_hpc.configs": ["*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     ext_modules=ext_modules,

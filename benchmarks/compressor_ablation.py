@@ -41,9 +41,9 @@ LABELS = {"wf-sa-vae": "WF-SA-VAE", "wf-vae": "WF-VAE", "vae-gan": "VAE-GAN", "w
 PROG = "bsynth bench ablation"  # also `python -m benchmarks.compressor_ablation`
 
 def prepare_store(work: Path, n_subjects: int, seed: int = 0) -> Path:
-    from data_prep.demo_cohort import build_demo_cohort
-    from data_prep.ingest import PrepSource
-    from data_prep.pipeline import run_prep
+    from bsynth_hpc.prep.demo_cohort import build_demo_cohort
+    from bsynth_hpc.prep.ingest import PrepSource
+    from bsynth_hpc.prep.pipeline import run_prep
 
     manifest = build_demo_cohort(work / "cohort", n_subjects=n_subjects, spacing_mm=8.0, seed=seed)
     out = work / "store.zarr"

@@ -35,8 +35,8 @@ from benchmarks.common import environment_info, write_results
 
 # ---------------------------------------------------------------------------- preprocessing
 def _prep_items(manifest: Path, spacing: float, shape: tuple[int, int, int]):
-    from data_prep.ingest import collect
-    from data_prep.pipeline import PrepSource, resolve_params
+    from bsynth_hpc.prep.ingest import collect
+    from bsynth_hpc.prep.pipeline import PrepSource, resolve_params
 
     source = PrepSource.manifest(manifest)
     params = resolve_params(source, shape, (spacing,) * 3, "minmax", (0.5, 99.5), False)
@@ -47,7 +47,7 @@ def bench_sequential_loop(manifest: Path, out: Path, spacing: float, shape: tupl
     """One volume after another in this process: load, preprocess, write; then finalize."""
     from bsynth_hpc.data.finalize import finalize_store
     from bsynth_hpc.data.store import StoreLayout, VolumeStore
-    from data_prep.worker import process_item
+    from bsynth_hpc.prep.worker import process_item
 
     t0 = time.perf_counter()
     source, params, items = _prep_items(manifest, spacing, shape)
@@ -64,7 +64,7 @@ def bench_dask(manifest: Path, out: Path, spacing: float, shape: tuple[int, int,
                cluster: str = "local") -> dict[str, Any]:
     """`run_prep` with `workers` single-threaded worker processes: a distributed LocalCluster
     ("local", the default) or Dask's multiprocessing scheduler ("processes")."""
-    from data_prep.pipeline import PrepSource, run_prep
+    from bsynth_hpc.prep.pipeline import PrepSource, run_prep
 
     t0 = time.perf_counter()
     result = run_prep(PrepSource.manifest(manifest), out, shape=shape, spacing=(spacing,) * 3, workers=workers,
@@ -88,8 +88,8 @@ class _OnTheFlyNifti:
     def __getitem__(self, i: int):
         import torch
 
-        from data_prep.loading import load_nifti
-        from data_prep.preprocess import preprocess_volume
+        from bsynth_hpc.prep.loading import load_nifti
+        from bsynth_hpc.prep.preprocess import preprocess_volume
 
         vol = load_nifti(self.items[i].source_path)
         out = preprocess_volume(vol.data, vol.affine, self.params, source=self.items[i].source_path)
@@ -179,7 +179,7 @@ def bench_layouts(store_path: Path, tmp: Path, n_volumes: int, reads: int, seed:
     """Sweep chunk shapes x compressors; `zero_background` zeroes everything outside a foreground
     mask first, which is what skull-stripped inputs (BrainScape, BraTS) look like."""
     from bsynth_hpc.data.store import StoreLayout, VolumeStore
-    from data_prep.preprocess import foreground_mask
+    from bsynth_hpc.prep.preprocess import foreground_mask
 
     src = VolumeStore(store_path)
     ids = src.volume_ids()[:n_volumes]
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.manifest:
             manifest = Path(args.manifest)
         else:
-            from data_prep.demo_cohort import build_demo_cohort
+            from bsynth_hpc.prep.demo_cohort import build_demo_cohort
 
             t0 = time.perf_counter()
             manifest = build_demo_cohort(work / "cohort", n_subjects=args.subjects, spacing_mm=args.spacing, seed=0)

@@ -19,7 +19,7 @@ DEMO_DIR = Path("demo_run")
 
 # ---------------------------------------------------------------------------- commands
 def cmd_demo_cohort(args: argparse.Namespace) -> int:
-    from data_prep.demo_cohort import build_demo_cohort
+    from bsynth_hpc.prep.demo_cohort import build_demo_cohort
 
     t0 = time.perf_counter()
     manifest = build_demo_cohort(args.out, n_subjects=args.subjects, shape=tuple(args.shape) if args.shape else None,
@@ -30,7 +30,7 @@ def cmd_demo_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_prep(args: argparse.Namespace) -> int:
-    from data_prep.pipeline import PrepSource, run_prep
+    from bsynth_hpc.prep.pipeline import PrepSource, run_prep
 
     if args.manifest:
         source = PrepSource.manifest(args.manifest)
@@ -58,7 +58,7 @@ def cmd_prep(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from data_prep.manifest_writer import format_draft, manifest_from_folder
+    from bsynth_hpc.prep.manifest_writer import format_draft, manifest_from_folder
 
     draft = manifest_from_folder(args.from_dir, args.out, pattern=args.pattern, dataset=args.dataset,
                                  overwrite=args.force)
@@ -107,10 +107,24 @@ BENCHMARKS = {  # `bsynth bench NAME [options]` -> the module whose main(argv) r
 }
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def _import_benchmark(module: str):
+    """Import a benchmark module from the source checkout: benchmarks/ is not part of the installed
+    package (it measures the product, it is not the product), so it is found next to bsynth_hpc/."""
     import importlib
+    import sys
 
-    return int(importlib.import_module(BENCHMARKS[args.what]).main(args.rest) or 0)
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "benchmarks" / "__init__.py").is_file():
+        raise SystemExit("bsynth bench: the benchmarks live in the source checkout (benchmarks/), which this "
+                         "installation does not have; clone the repository and run `bsynth bench` from an "
+                         "editable install (`pip install -e .`)")
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    return importlib.import_module(module)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    return int(_import_benchmark(BENCHMARKS[args.what]).main(args.rest) or 0)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -82,8 +82,8 @@ class Demo:
                          splits: Sequence[float] = (0.8, 0.1, 0.1), stratify: str | None = None) -> int:
         """Steps 1-2: the demo cohort (optionally some datasets / modalities only) -> OUT/store.zarr.
         Returns the prep exit status (0 = go on)."""
-        from data_prep.demo_cohort import build_demo_cohort
-        from data_prep.pipeline import PrepSource, run_prep
+        from bsynth_hpc.prep.demo_cohort import build_demo_cohort
+        from bsynth_hpc.prep.pipeline import PrepSource, run_prep
 
         from .data.summary import format_store_summary
 

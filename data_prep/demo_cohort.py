@@ -1,7 +1,7 @@
 """The embedded demo cohort (`bsynth demo-cohort`): three small labelled datasets, built offline.
 
 Every subject is a smooth random deformation of the real MNI152 2009 template (see
-:mod:`data_prep.demo_anatomy`), rendered as T1w/T2w/FLAIR/T1Gd with bias field and Rician noise,
+:mod:`bsynth_hpc.prep.demo_anatomy`), rendered as T1w/T2w/FLAIR/T1Gd with bias field and Rician noise,
 written as a pooled multi-site collection would arrive:
 
 * ``demo-epilepsy``: ``healthy`` / ``TLE`` (unilateral hippocampal volume loss, most with
@@ -48,7 +48,7 @@ from scipy import ndimage as ndi
 
 from bsynth_hpc.constants import DEFAULT_SHAPE, DEFAULT_SPACING, MODALITIES
 from bsynth_hpc.errors import ConfigError, InputError, ManifestError
-from data_prep import demo_anatomy as anat
+from bsynth_hpc.prep import demo_anatomy as anat
 
 if TYPE_CHECKING:  # pillow is only needed by the 2D slice exporter
     from PIL import Image

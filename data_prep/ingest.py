@@ -3,7 +3,7 @@
 This step is cheap and runs before any worker starts: it reads the manifest/folders, checks each
 row (required fields, modality, metadata against the schema, clinical ratios, path inside the
 root folder, file present) and turns every good row into a :class:`WorkItem`. A bad row becomes
-a :class:`~data_prep.report.Failure` and the run goes on; only a source that cannot be read at
+a :class:`~bsynth_hpc.prep.report.Failure` and the run goes on; only a source that cannot be read at
 all (missing columns, no inputs) raises :class:`ManifestError`. File contents are checked later,
 in the workers.
 
@@ -22,8 +22,8 @@ Manifest CSV columns
 BIDS and BraTS folders
     are scanned into the same manifest-style rows (:class:`RowRules`, :func:`item_from_row`), so
     every check above applies to them too. BIDS: ``sub-*/[ses-*/]anat/*_{T1w,T2w,FLAIR}.nii(.gz)``
-    (``ce-`` T1w -> T1Gd; other files skipped with the reason, see :mod:`data_prep.bids`). Labels
-    and metadata per subject come from a subject table (:mod:`data_prep.tables`): BIDS
+    (``ce-`` T1w -> T1Gd; other files skipped with the reason, see :mod:`bsynth_hpc.prep.bids`). Labels
+    and metadata per subject come from a subject table (:mod:`bsynth_hpc.prep.tables`): BIDS
     ``participants.tsv`` or ``--subjects-table``, with ``--label-column`` naming the label column.
 
 Paths may not leave the root folder (the manifest's folder, or the BraTS/slice root) after
@@ -96,7 +96,7 @@ class PrepSource:
     """Slices: regex finding the subject id in a file name (first group, else the match), e.g.
     ``r"^(sub-[^_]+)"``, so a patient's slices share one split; None: each image is its own subject."""
     subjects_table: Path | None = None
-    """BIDS/BraTS: table of subject, label, metadata (see :mod:`data_prep.tables`); BIDS default
+    """BIDS/BraTS: table of subject, label, metadata (see :mod:`bsynth_hpc.prep.tables`); BIDS default
     ``ROOT/participants.tsv`` when present."""
     label_column: str | None = None
     """BIDS/BraTS: the subject-table column holding each subject's label (default: ``label`` if present)."""
@@ -499,7 +499,7 @@ def _skipped_warnings(skipped: list[Any]) -> list[str]:
 
 
 def scan_bids(source: PrepSource, *, allow_outside_root: bool = False) -> Ingested:
-    """Work items of a raw BIDS folder (see :mod:`data_prep.bids`), labels/metadata from participants.tsv."""
+    """Work items of a raw BIDS folder (see :mod:`bsynth_hpc.prep.bids`), labels/metadata from participants.tsv."""
     root = source.path.resolve()
     if not root.is_dir():
         raise fixable(ManifestError, f"BIDS folder {source.path} does not exist", "check the --bids path")

@@ -19,7 +19,7 @@ kept duplicate is the one with the fewest extra BIDS entities. Paths are written
 manifest's folder, so the manifest works with ``bsynth prep --manifest`` as it is and moves with
 the data; prep refuses paths outside that folder unless ``--allow-outside-root``, so the default
 ``--out`` is ``DIR/manifest.csv``. Labels and metadata can then be added as columns (see the
-manifest format in :mod:`data_prep.ingest`).
+manifest format in :mod:`bsynth_hpc.prep.ingest`).
 """
 from __future__ import annotations
 

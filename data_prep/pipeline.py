@@ -2,8 +2,8 @@
 
 One run:
 
-1. resolve parameters (:class:`~data_prep.preprocess.PreprocessParams`) and read the source
-   (:mod:`data_prep.ingest`: cheap row checks, bad rows become failures);
+1. resolve parameters (:class:`~bsynth_hpc.prep.preprocess.PreprocessParams`) and read the source
+   (:mod:`bsynth_hpc.prep.ingest`: cheap row checks, bad rows become failures);
 2. check ``out`` (:func:`check_out_path`): prep never deletes or mixes with files it did not
    create, so a file, a non-empty folder that is not a store, the input folder itself, a folder
    that contains the inputs, or (for BIDS/BraTS/slice folders, which are scanned) a folder inside the
@@ -14,9 +14,9 @@ One run:
    one store would delete each other's staging files);
 4. mark the store incomplete (``prep_incomplete.json``), remove staging leftovers of an
    interrupted run and skip volume ids already published — this is what makes a rerun resume;
-5. run one task per remaining input on the chosen cluster (:mod:`data_prep.cluster`); each
+5. run one task per remaining input on the chosen cluster (:mod:`bsynth_hpc.prep.cluster`); each
    task loads, validates (within the per-volume memory limit), preprocesses and publishes its
-   volume atomically (:mod:`data_prep.worker`), so a crash at any point leaves only complete
+   volume atomically (:mod:`bsynth_hpc.prep.worker`), so a crash at any point leaves only complete
    volumes visible. A full disk stops the run early (every later write would fail too);
 6. if no write failed and no worker was lost, finalize the store (splits, metadata statistics,
    ``table.csv``); write ``<store>/prep_report.json`` (or say plainly on stderr why it could not
@@ -292,7 +292,7 @@ def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[in
     compressor and dtype apply when the store is created (an existing store keeps its own).
     ``stratify`` (None = stable hash split, or "dataset" | "modalities" | "label") is passed to
     :func:`bsynth_hpc.data.finalize.finalize_store`. ``max_volume_mb`` bounds the memory one input
-    may need (None: ``$BSYNTH_MAX_VOLUME_MB`` or 512 MiB, see :func:`data_prep.loading.max_volume_bytes`);
+    may need (None: ``$BSYNTH_MAX_VOLUME_MB`` or 512 MiB, see :func:`bsynth_hpc.prep.loading.max_volume_bytes`);
     larger inputs are reported as failed without being read.
     """
     t0 = time.perf_counter()

@@ -43,7 +43,7 @@ def base_record(item: WorkItem, params: PreprocessParams, sha256: str) -> dict[s
 
 
 def _intensity(out: Preprocessed) -> dict[str, Any] | None:
-    """The record's ``intensity``: clip bounds, offset and scale (see :class:`~data_prep.preprocess.IntensityMap`)."""
+    """The record's ``intensity``: clip bounds, offset and scale (see :class:`~bsynth_hpc.prep.preprocess.IntensityMap`)."""
     return out.intensity.as_dict() if out.intensity is not None else None
 
 
@@ -76,7 +76,7 @@ def process_item(item: WorkItem, params: PreprocessParams, store_path: str,
     """Preprocess one input and publish it; never raises (errors come back as a failed Outcome).
 
     ``max_bytes``: the per-volume memory limit checked before any voxel is read (None: the
-    default or ``$BSYNTH_MAX_VOLUME_MB``, see :func:`data_prep.loading.max_volume_bytes`). It is
+    default or ``$BSYNTH_MAX_VOLUME_MB``, see :func:`bsynth_hpc.prep.loading.max_volume_bytes`). It is
     passed explicitly because environment variables do not reach SLURM workers reliably.
     """
     stage = "write"

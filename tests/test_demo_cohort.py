@@ -16,8 +16,8 @@ from nibabel.processing import resample_from_to
 from PIL import Image
 
 from bsynth_hpc.errors import ConfigError, InputError, ManifestError
-from data_prep import demo_anatomy as da
-from data_prep import demo_cohort as dc
+from bsynth_hpc.prep import demo_anatomy as da
+from bsynth_hpc.prep import demo_cohort as dc
 
 SPACING = 4.0
 N_SUBJECTS = 6      # covers all 5 acquisition protocols and both labels of all 3 datasets

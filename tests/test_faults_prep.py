@@ -20,15 +20,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import data_prep.report as report_module
+import bsynth_hpc.prep.report as report_module
 from bsynth_hpc.cli import main as bsynth
 from bsynth_hpc.data.finalize import load_index
 from bsynth_hpc.data.store import INCOMPLETE_NAME, REPORT_NAME, TABLE_NAME, VolumeStore
 from bsynth_hpc.data.summary import format_store_summary
 from bsynth_hpc.errors import InputError, ManifestError, StoreError
-from data_prep import cluster as cluster_module
-from data_prep.loading import load_nifti
-from data_prep.pipeline import PrepSource, run_prep
+from bsynth_hpc.prep import cluster as cluster_module
+from bsynth_hpc.prep.loading import load_nifti
+from bsynth_hpc.prep.pipeline import PrepSource, run_prep
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = {"shape": (12, 14, 10), "spacing": (2.0, 2.0, 2.0)}
@@ -166,7 +166,7 @@ def test_empty_folder_new_store_and_resume_still_work_and_foreign_staging_is_kep
 PEAK_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     from bsynth_hpc.errors import InputError
-    from data_prep.loading import load_nifti
+    from bsynth_hpc.prep.loading import load_nifti
 
     load_nifti(sys.argv[1])  # warm-up: imports, nibabel and zlib buffers are in the baseline
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

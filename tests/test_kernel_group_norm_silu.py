@@ -9,9 +9,9 @@ import os
 import pytest
 import torch
 
-import kernels.group_norm_silu as gns
+import bsynth_hpc.kernels.group_norm_silu as gns
 from bsynth_hpc import ops
-from kernels.group_norm_silu import (GroupNormSiLU, group_norm_silu_reference, group_norm_silu_triton)
+from bsynth_hpc.kernels.group_norm_silu import (GroupNormSiLU, group_norm_silu_reference, group_norm_silu_triton)
 
 DEVICE = "cuda" if os.environ.get("BSYNTH_TEST_GPU") == "1" and torch.cuda.is_available() else "cpu"
 _TRITON_RUNNABLE = gns.HAS_TRITON and (DEVICE == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")

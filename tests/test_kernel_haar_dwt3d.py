@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import bsynth_hpc.ops as ops
-from kernels import haar_dwt3d as H
+from bsynth_hpc.kernels import haar_dwt3d as H
 
 pywt = pytest.importorskip("pywt")
 

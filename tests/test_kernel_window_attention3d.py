@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import bsynth_hpc.ops as ops
-from kernels import window_attention3d as wa
-from kernels.window_attention3d import (WindowAttention3d, relative_position_index, window_attention3d_reference,
+from bsynth_hpc.kernels import window_attention3d as wa
+from bsynth_hpc.kernels.window_attention3d import (WindowAttention3d, relative_position_index, window_attention3d_reference,
                                         window_attention3d_triton)
 
 DEVICE = "cuda" if os.environ.get("BSYNTH_TEST_GPU") == "1" and torch.cuda.is_available() else "cpu"

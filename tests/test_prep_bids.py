@@ -17,12 +17,12 @@ from bsynth_hpc.cli import main as bsynth
 from bsynth_hpc.data.intensity import denormalize
 from bsynth_hpc.data.store import StoreLayout, VolumeStore, default_chunks
 from bsynth_hpc.errors import ConfigError, ManifestError, StoreError
-from data_prep.bids import bids_modality, find_anat_files, parse_bids_name
-from data_prep.ingest import PrepSource, collect
-from data_prep.manifest_writer import guess_from_name, manifest_from_folder
-from data_prep.pipeline import run_prep
-from data_prep.preprocess import PreprocessParams, preprocess_volume
-from data_prep.tables import read_subject_table
+from bsynth_hpc.prep.bids import bids_modality, find_anat_files, parse_bids_name
+from bsynth_hpc.prep.ingest import PrepSource, collect
+from bsynth_hpc.prep.manifest_writer import guess_from_name, manifest_from_folder
+from bsynth_hpc.prep.pipeline import run_prep
+from bsynth_hpc.prep.preprocess import PreprocessParams, preprocess_volume
+from bsynth_hpc.prep.tables import read_subject_table
 
 GRID = {"shape": (12, 14, 10), "spacing": (2.0, 2.0, 2.0)}
 

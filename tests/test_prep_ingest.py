@@ -1,4 +1,4 @@
-"""data_prep.ingest: manifest / BraTS / slice-folder inputs -> work items and up-front failures."""
+"""bsynth_hpc.prep.ingest: manifest / BraTS / slice-folder inputs -> work items and up-front failures."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ import pytest
 
 from bsynth_hpc.data.metadata import CLINICAL_ROI_FIELDS, FIELD_NAMES
 from bsynth_hpc.errors import ConfigError, ManifestError
-from data_prep.ingest import (
+from bsynth_hpc.prep.ingest import (
     PrepSource,
     collect,
     make_volume_id,

@@ -1,4 +1,4 @@
-"""data_prep.pipeline end to end: mixed good/bad inputs, report, resume after a crash, cluster
+"""bsynth_hpc.prep.pipeline end to end: mixed good/bad inputs, report, resume after a crash, cluster
 equivalence, BraTS and slice-folder sources, the SLURM construction path."""
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from PIL import Image
 from bsynth_hpc.data.finalize import load_index
 from bsynth_hpc.data.store import VolumeStore
 from bsynth_hpc.errors import ConfigError, ManifestError, StoreError
-from data_prep.cluster import build_slurm_cluster, check_cluster_args, slurm_cluster_kwargs
-from data_prep.ingest import WorkItem
-from data_prep.pipeline import LOCK_NAME, PrepSource, resolve_params, run_prep, store_lock
-from data_prep.preprocess import PreprocessParams
-from data_prep.report import failure_from_exception, format_summary
-from data_prep.worker import FAILED, process_item
+from bsynth_hpc.prep.cluster import build_slurm_cluster, check_cluster_args, slurm_cluster_kwargs
+from bsynth_hpc.prep.ingest import WorkItem
+from bsynth_hpc.prep.pipeline import LOCK_NAME, PrepSource, resolve_params, run_prep, store_lock
+from bsynth_hpc.prep.preprocess import PreprocessParams
+from bsynth_hpc.prep.report import failure_from_exception, format_summary
+from bsynth_hpc.prep.worker import FAILED, process_item
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = {"shape": (12, 14, 10), "spacing": (2.0, 2.0, 2.0)}
@@ -234,7 +234,7 @@ def test_rerun_skips_published_volumes_without_rewriting_them(cohort, runs):
 CRASHING_RUN = textwrap.dedent("""
     import os, signal, sys, types
     import bsynth_hpc.data.store as store_module
-    from data_prep.pipeline import PrepSource, run_prep
+    from bsynth_hpc.prep.pipeline import PrepSource, run_prep
 
     publishes = 0
 
@@ -363,8 +363,8 @@ def test_a_dying_worker_comes_back_as_a_failure_not_an_exception():
     """A task that kills its worker process (as the OOM killer would) yields KilledWorker, mapped to a fix."""
     import dask
 
-    from data_prep.cluster import map_unordered
-    from data_prep.report import InputRef
+    from bsynth_hpc.prep.cluster import map_unordered
+    from bsynth_hpc.prep.report import InputRef
 
     crash = "__import__('os')._exit(3)"
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # no retries: fail at once
@@ -375,7 +375,7 @@ def test_a_dying_worker_comes_back_as_a_failure_not_an_exception():
 
 
 def test_unexpected_errors_keep_their_traceback():
-    from data_prep.report import InputRef
+    from bsynth_hpc.prep.report import InputRef
 
     try:
         raise ZeroDivisionError("bug")
@@ -495,7 +495,7 @@ def _check_demo_store(manifest: Path, store_path: Path) -> list[dict]:
     """Every manifest row is in the store with its label, clinical ratios and metadata."""
     from bsynth_hpc.constants import canonical_modality
     from bsynth_hpc.data.metadata import parse_metadata
-    from data_prep.ingest import make_volume_id
+    from bsynth_hpc.prep.ingest import make_volume_id
 
     with open(manifest, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -513,7 +513,7 @@ def _check_demo_store(manifest: Path, store_path: Path) -> list[dict]:
 
 
 def test_demo_cohort_manifest_and_slice_folders(tmp_path):
-    from data_prep.demo_cohort import build_demo_cohort, export_slice_folders
+    from bsynth_hpc.prep.demo_cohort import build_demo_cohort, export_slice_folders
 
     manifest = build_demo_cohort(tmp_path / "cohort", n_subjects=3, spacing_mm=6.0, seed=0)
     result = run_prep(PrepSource.manifest(manifest), tmp_path / "store.zarr", shape=(32, 37, 27),
@@ -531,7 +531,7 @@ def test_demo_cohort_manifest_and_slice_folders(tmp_path):
 
 @pytest.mark.heavy
 def test_demo_cohort_brats_export(tmp_path):
-    from data_prep.demo_cohort import build_demo_cohort, export_brats_layout
+    from bsynth_hpc.prep.demo_cohort import build_demo_cohort, export_brats_layout
 
     manifest = build_demo_cohort(tmp_path / "cohort", n_subjects=6, spacing_mm=4.0, seed=0, workers=2)
     result = run_prep(PrepSource.manifest(manifest), tmp_path / "store.zarr", shape=(48, 56, 40),

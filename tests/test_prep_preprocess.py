@@ -1,4 +1,4 @@
-"""data_prep.loading + data_prep.preprocess: validation of input files and the per-volume transform.
+"""bsynth_hpc.prep.loading + bsynth_hpc.prep.preprocess: validation of input files and the per-volume transform.
 
 References are independent of the code under test: nibabel's own affine handling
 (``apply_affine``, a NIfTI save/load round trip, ``nibabel.processing.resample_from_to``),
@@ -17,8 +17,8 @@ from nibabel.affines import apply_affine
 from PIL import Image
 
 from bsynth_hpc.errors import ConfigError, InputError
-from data_prep.loading import check_affine, load_nifti, load_slice_image
-from data_prep.preprocess import (
+from bsynth_hpc.prep.loading import check_affine, load_nifti, load_slice_image
+from bsynth_hpc.prep.preprocess import (
     PreprocessParams,
     antialias_sigma,
     mask_on_image_grid,

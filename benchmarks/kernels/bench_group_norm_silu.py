@@ -126,7 +126,7 @@ def _bench_case(case: dict[str, Any], dtype_name: str, device: str, quick: bool,
     torch._dynamo.reset()
 
     if triton_reason is None:
-        from kernels.group_norm_silu import _make_plan, group_norm_silu_reference, group_norm_silu_triton
+        from bsynth_hpc.kernels.group_norm_silu import _make_plan, group_norm_silu_reference, group_norm_silu_triton
 
         tri = lambda: group_norm_silu_triton(x, groups, gn.weight, gn.bias, EPS, scale, shift)  # noqa: E731
         res = _run_impl(tri, grad_inputs, dy, device, warmup, iters, nbytes, copy["gbps"])
@@ -166,7 +166,7 @@ def _triton_unavailable_reason(device: str) -> str | None:
         return ("not run: the Triton kernels need a CUDA device; on CPU they only execute under the Triton "
                 "interpreter (TRITON_INTERPRET=1), a correctness tool whose timings mean nothing")
     try:
-        import kernels.group_norm_silu as k
+        import bsynth_hpc.kernels.group_norm_silu as k
     except Exception as exc:  # pragma: no cover
         return f"not run: kernels.group_norm_silu failed to import ({exc})"
     if not k.HAS_TRITON:
@@ -184,7 +184,7 @@ def run(device: str, quick: bool) -> dict[str, Any]:
         "quick": quick,
         "environment": environment_info(device),
         "implementations": {
-            "triton": "kernels.group_norm_silu.group_norm_silu_triton (split stats, fused apply; split backward)",
+            "triton": "bsynth_hpc.kernels.group_norm_silu.group_norm_silu_triton (split stats, fused apply; split backward)",
             "eager": "nn.GroupNorm -> * (1 + scale) -> + shift -> F.silu, PyTorch eager, input dtype",
             "compile": "torch.compile(dynamic=False) of the eager function",
             "copy": "dst.copy_(src) of numel * itemsize bytes (read + write counted)",

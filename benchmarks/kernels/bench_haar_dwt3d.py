@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import copy_bandwidth_gbps, gbps, synchronize, time_fn
-from kernels import haar_dwt3d as H
+from bsynth_hpc.kernels import haar_dwt3d as H
 
 # WF-VAE (seed 003): the (192, 224, 160) input volume and stage-1/2 feature maps at half size.
 FULL_SHAPES: list[tuple[int, ...]] = [(1, 1, 192, 224, 160), (1, 64, 96, 112, 80), (2, 8, 96, 112, 80)]

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import environment_info, time_fn, write_results
-from kernels.window_attention3d import (window_attention3d_mask, window_attention3d_reference,
+from bsynth_hpc.kernels.window_attention3d import (window_attention3d_mask, window_attention3d_reference,
                                         window_attention3d_triton)
 
 HEADS, HEAD_DIM, WINDOW = 6, 64, (4, 4, 4)

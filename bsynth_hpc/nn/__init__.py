@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "GroupNormSiLU": "kernels.group_norm_silu",
-    "HaarDWT3d": "kernels.haar_dwt3d",
-    "HaarIDWT3d": "kernels.haar_dwt3d",
-    "WindowAttention3d": "kernels.window_attention3d",
-    "relative_position_index": "kernels.window_attention3d",
+    "GroupNormSiLU": "bsynth_hpc.kernels.group_norm_silu",
+    "HaarDWT3d": "bsynth_hpc.kernels.haar_dwt3d",
+    "HaarIDWT3d": "bsynth_hpc.kernels.haar_dwt3d",
+    "WindowAttention3d": "bsynth_hpc.kernels.window_attention3d",
+    "relative_position_index": "bsynth_hpc.kernels.window_attention3d",
 }
 
 __all__ = sorted(_EXPORTS)

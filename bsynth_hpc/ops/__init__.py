@@ -27,7 +27,7 @@ __all__ = [
 
 
 def _kernel(name: str) -> ModuleType:
-    return importlib.import_module(f"kernels.{name}")
+    return importlib.import_module(f"bsynth_hpc.kernels.{name}")
 
 
 def haar_dwt3d(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Default recipe configurations (YAML), shipped as package data: `bsynth_hpc.configs`."""
