@@ -93,5 +93,13 @@ setup(
     extras_require=EXTRAS,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    entry_points={"console_scripts": ["bsynth = bsynth_hpc.cli:main"]},
+    entry_points={
+        "console_scripts": ["bsynth = bsynth_hpc.cli:main"],
+        # Recipes register through this group (bsynth_hpc.engine.registry); a third-party package adds its own.
+        "bsynth_hpc.recipes": [
+            "wfdm = bsynth_hpc.recipes.wfdm:RECIPE",
+            "dit3d = bsynth_hpc.recipes.dit3d:RECIPE",
+            "smoke = bsynth_hpc.recipes.smoke:RECIPE",
+        ],
+    },
 )

@@ -119,7 +119,7 @@ def counting_stage() -> type:
     trained (plus a tensor and a None, to exercise weights_only loading); ``loaded`` collects restored states."""
     import torch
 
-    from bsynth_hpc.recipes.registry import register_stage
+    from bsynth_hpc.engine.registry import register_stage
     from bsynth_hpc.recipes.smoke import SmokeDenoiserStage
 
     class CountingDenoiser(SmokeDenoiserStage):

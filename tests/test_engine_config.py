@@ -55,17 +55,17 @@ def test_engine_field_errors_name_the_field(engine, pattern):
 
 
 def test_recipe_validation_and_stage_errors(monkeypatch):
-    from bsynth_hpc.recipes import registry
+    from bsynth_hpc.engine import registry
 
     with pytest.raises(ConfigError, match=r"channel count 6 must be a positive multiple of groups=4"):
         build_run_config({"stage": "smoke-denoiser", "recipe": {"channels": 6}})
     with pytest.raises(ConfigError, match=r"unknown stage 'no-such-stage'; registered stages: .*smoke-denoiser, "
                                           r"smoke-vaegan"):
         build_run_config({"stage": "no-such-stage"})
-    monkeypatch.setitem(registry._PLANNED, "future-stage", "issue #99")
+    monkeypatch.setitem(registry.PLANNED, "future-stage", "issue #99")
     with pytest.raises(ConfigError, match=r"unknown stage 'future-stage' \(future-stage arrives with issue #99\)"):
         build_run_config({"stage": "future-stage"})
-    monkeypatch.setitem(registry._registry, "broken-stage", "bsynth_hpc.recipes.no_such_module:Stage")
+    monkeypatch.setitem(registry._stages, "broken-stage", "bsynth_hpc.recipes.no_such_module:Stage")
     with pytest.raises(ConfigError, match=r"stage 'broken-stage' is registered as .* but cannot be loaded"):
         build_run_config({"stage": "broken-stage"})
     with pytest.raises(ConfigError, match="is for stage 'smoke-denoiser' but the command asks for 'smoke-vaegan'"):

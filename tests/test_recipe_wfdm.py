@@ -125,7 +125,7 @@ def test_ldm_export_sidecar_and_balanced_sampling(pipeline):
     _, meta = load_exported(pipeline["ldm"], "unet")
     assert Path(meta["compressor_run"]) == pipeline["vae"].resolve()
     assert meta["diffusion"]["scheduler"] == "rflow" and meta["metadata_stats"] and meta["latent_scale"] > 0
-    from bsynth_hpc.recipes.registry import get_stage_class
+    from bsynth_hpc.engine.registry import get_stage_class
 
     stage_cls = get_stage_class("wfdm-ldm")
     from bsynth_hpc.engine.config import load_run_config
@@ -143,7 +143,7 @@ def test_ldm_export_sidecar_and_balanced_sampling(pipeline):
 def test_cfg_dropout_uses_model_null_conditions(pipeline):
     from bsynth_hpc.engine.config import load_run_config
     from bsynth_hpc.engine.stage import StepContext
-    from bsynth_hpc.recipes.registry import get_stage_class
+    from bsynth_hpc.engine.registry import get_stage_class
 
     cfg = load_run_config(pipeline["ldm_cfg"])
     stage = get_stage_class("wfdm-ldm")(cfg.recipe, None)

@@ -251,7 +251,7 @@ def build_run_config(raw: dict[str, Any], stage: str | None = None, overrides: S
     ``stage`` is the CLI's STAGE (must agree with the config's ``stage:``); ``default_stage``
     (a launcher's) applies only when neither names one.
     """
-    from ..recipes.registry import get_stage_class
+    from .registry import get_stage_class
 
     raw = apply_overrides(json.loads(json.dumps(raw)), overrides)
     for key in raw:

@@ -275,7 +275,7 @@ def plan_memory(stage: Any, item: dict[str, Any], shape: tuple[int, ...], budget
 
 def apply_plan(config: RunConfig, dist: DistInfo, device: torch.device) -> tuple[RunConfig, MemoryPlan]:
     """Plan for ``config.engine.gpu_mem_gb`` and return the config the plan implies (and the plan)."""
-    from ..recipes.registry import get_stage_class
+    from .registry import get_stage_class
     from .stage import StageInfo
 
     if dist.world_size > 1:

@@ -1,7 +1,7 @@
 """The Stage interface: what a recipe implements so the engine can train it.
 
 A recipe (WFDM, DiT-3D, ...) is a sequence of stages (``wfdm-vae`` then ``wfdm-ldm``). A stage
-is a class registered in :mod:`bsynth_hpc.recipes.registry` under its name. The engine owns
+is a class registered in :mod:`bsynth_hpc.engine.registry` under its name. The engine owns
 everything that depends on the backend, the launch and the run (devices, DDP/DeepSpeed
 wrapping, optimizers, LR schedules, precision, EMA, checkpoints, logging); the stage owns the
 science (models, losses, metrics, what to export). The same stage code therefore runs on one

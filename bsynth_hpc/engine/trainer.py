@@ -36,7 +36,7 @@ import yaml
 from torch import nn
 
 from ..errors import ConfigError, StoreError
-from ..recipes.registry import get_stage_class
+from .registry import get_stage_class
 from .backends import TrainUnit, build_units, resolve_backend
 from .checkpoint import STEP_RE, CheckpointManager, load_torch, read_meta, save_torch, verify
 from .config import RunConfig, save_run_config

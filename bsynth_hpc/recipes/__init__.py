@@ -1,10 +1,5 @@
-"""Recipes: trainable stages registered by name (see :mod:`.registry`) and their models.
-
-A stage implements :class:`bsynth_hpc.engine.stage.Stage`. The built-in ``smoke-*`` stages
-(:mod:`.smoke`) are small but real and exercise every engine path in tests and benchmarks.
+"""Recipes: one package per published system, each declaring one
+:class:`~bsynth_hpc.engine.registry.Recipe` (its stages, sampler, demo, configs, SLURM chain) that
+the engine registry discovers through the ``bsynth_hpc.recipes`` entry-point group. How to add one:
+``recipes/README.md``. ``common`` holds the parts several recipes share.
 """
-from __future__ import annotations
-
-from .registry import get_stage_class, register_stage, stage_names
-
-__all__ = ["get_stage_class", "register_stage", "stage_names"]

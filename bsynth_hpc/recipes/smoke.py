@@ -35,6 +35,7 @@ from ..models.checkpointing import CheckpointedBlock
 from ..models.checkpointing import set_activation_checkpointing as _set_checkpointing
 from ..models.conditioning import timestep_embedding
 from .common.stage_utils import per_sample_mean
+from ..engine.registry import Recipe
 
 
 # ============================================================================ building blocks
@@ -375,3 +376,11 @@ class SmokeDenoiserStage(Stage):
 __all__ = ["SmokeVAE", "SmokePatchDiscriminator", "SmokeDenoiser", "build_smoke_vae", "build_smoke_discriminator",
            "build_smoke_denoiser", "SmokeVAEGANConfig", "SmokeDenoiserConfig", "SmokeVAEGANStage",
            "SmokeDenoiserStage", "timestep_embedding"]
+
+
+RECIPE = Recipe(
+    name="smoke",
+    description="engine test fixture: a tiny VAE-GAN and denoiser that exercise every engine path",
+    stages={"smoke-vaegan": SmokeVAEGANStage, "smoke-denoiser": SmokeDenoiserStage},
+    default_stage="smoke-vaegan",
+)
