@@ -85,7 +85,7 @@ setup(
     # bsynth_hpc.kernels, bsynth_hpc.prep and bsynth_hpc.configs so no import name collides with another
     # distribution (PyPI has a `kernels`). benchmarks/ and tests/ stay out of the wheel.
     packages=find_packages(include=["bsynth_hpc", "bsynth_hpc.*"]) + [
-        "bsynth_hpc.kernels", "bsynth_hpc.prep", "bsynth_hpc.configs"],
+        "bsynth_hpc.kernels", "bsynth_hpc.prep", "bsynth_hpc.prep.demo", "bsynth_hpc.configs"],
     package_dir={"bsynth_hpc.kernels": "kernels", "bsynth_hpc.prep": "data_prep", "bsynth_hpc.configs": "configs"},
     include_package_data=True,
     package_data={"bsynth_hpc": ["py.typed"], "bsynth_hpc.configs": ["*.yaml"]},
@@ -99,7 +99,6 @@ setup(
         "bsynth_hpc.recipes": [
             "wfdm = bsynth_hpc.recipes.wfdm:RECIPE",
             "dit3d = bsynth_hpc.recipes.dit3d:RECIPE",
-            "smoke = bsynth_hpc.recipes.smoke:RECIPE",
         ],
     },
 )

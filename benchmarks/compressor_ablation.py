@@ -41,14 +41,14 @@ LABELS = {"wf-sa-vae": "WF-SA-VAE", "wf-vae": "WF-VAE", "vae-gan": "VAE-GAN", "w
 PROG = "bsynth bench ablation"  # also `python -m benchmarks.compressor_ablation`
 
 def prepare_store(work: Path, n_subjects: int, seed: int = 0) -> Path:
-    from bsynth_hpc.prep.demo_cohort import build_demo_cohort
+    from bsynth_hpc.prep.demo import build_demo_cohort
     from bsynth_hpc.prep.ingest import PrepSource
-    from bsynth_hpc.prep.pipeline import run_prep
+    from bsynth_hpc.prep.pipeline import PrepConfig, run_prep
 
     manifest = build_demo_cohort(work / "cohort", n_subjects=n_subjects, spacing_mm=8.0, seed=seed)
     out = work / "store.zarr"
-    run_prep(PrepSource.manifest(manifest), out, shape=(24, 28, 20), spacing=(8.0,) * 3, workers=1,
-             cluster="sync", progress=False)
+    run_prep(PrepSource.manifest(manifest), out, PrepConfig(shape=(24, 28, 20), spacing=(8.0,) * 3, workers=1,
+             cluster="sync", progress=False))
     return out
 
 
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     recipe = yaml.safe_load((ROOT / "configs" / "wfdm-vae_tiny.yaml").read_text())["recipe"]
     kw = dict(recipe.get("compressor_kwargs") or {})
-    from bsynth_hpc.eval.lpips_slices import load_lpips
+    from bsynth_hpc.nn.lpips import load_lpips
 
     lpips_model, lpips_info = load_lpips(None, allow_random=True)
     lpips_random = getattr(lpips_info, "verified", None) == "random-init"

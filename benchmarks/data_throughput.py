@@ -64,11 +64,12 @@ def bench_dask(manifest: Path, out: Path, spacing: float, shape: tuple[int, int,
                cluster: str = "local") -> dict[str, Any]:
     """`run_prep` with `workers` single-threaded worker processes: a distributed LocalCluster
     ("local", the default) or Dask's multiprocessing scheduler ("processes")."""
-    from bsynth_hpc.prep.pipeline import PrepSource, run_prep
+    from bsynth_hpc.prep.pipeline import PrepConfig, PrepSource, run_prep
 
     t0 = time.perf_counter()
-    result = run_prep(PrepSource.manifest(manifest), out, shape=shape, spacing=(spacing,) * 3, workers=workers,
-                      cluster=cluster, progress=False)
+    result = run_prep(PrepSource.manifest(manifest), out,
+                      PrepConfig(shape=shape, spacing=(spacing,) * 3, workers=workers,
+                      cluster=cluster, progress=False))
     wall = time.perf_counter() - t0
     return {"impl": f"dask {cluster} ({workers} worker{'s' if workers > 1 else ''})", "workers": workers,
             "cluster": cluster,
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.manifest:
             manifest = Path(args.manifest)
         else:
-            from bsynth_hpc.prep.demo_cohort import build_demo_cohort
+            from bsynth_hpc.prep.demo import build_demo_cohort
 
             t0 = time.perf_counter()
             manifest = build_demo_cohort(work / "cohort", n_subjects=args.subjects, spacing_mm=args.spacing, seed=0)

@@ -41,16 +41,16 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import environment_info, synchronize, write_results  # noqa: E402
+from bsynth_hpc.engine.config import packaged_config  # noqa: E402
 from benchmarks.dit3d_training import LATENTS, MODES, _parse_latent, _vm_kib, attention_facts, model_settings, \
     reset_cpu_peak, window_blocks  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 DECODER_FIELDS = ("base_channels", "latent_channels", "downsample_factor", "num_res_blocks", "norm_groups",
                   "pad_input", "channel_mult")
 
 
 def _recipe(name: str) -> dict[str, Any]:
-    return yaml.safe_load((REPO / "configs" / name).read_text())["recipe"]
+    return yaml.safe_load(packaged_config(name).read_text())["recipe"]
 
 
 def build_models(size: str, latent: Sequence[int], mode: str, device: torch.device):

@@ -45,7 +45,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import yaml
 
@@ -53,6 +52,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import environment_info, write_results  # noqa: E402
+from benchmarks.synthetic import CLASSES, build_latent_cache  # noqa: E402
+from bsynth_hpc.engine.config import packaged_config  # noqa: E402
 from benchmarks.training_throughput import VARIANTS, child_env, keep_fastest, print_engine_row, run_engine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,11 +62,10 @@ LATENTS = {"4x28x34x28": (4, 28, 34, 28), "4x48x56x40": (4, 48, 56, 40)}
 TINY = {"depth": 4, "hidden_size": 96, "num_heads": 4}
 MODES = ("global", "interleave", "window")
 BACKENDS = ("ddp", "zero1", "zero2")
-CLASSES = ["healthy", "TLE"]
 
 
 def _tle_recipe() -> dict[str, Any]:
-    return yaml.safe_load((REPO / "configs" / "dit3d_tle.yaml").read_text())["recipe"]
+    return yaml.safe_load(packaged_config("dit3d_tle.yaml").read_text())["recipe"]
 
 
 def model_settings(size: str) -> dict[str, Any]:
@@ -132,20 +132,6 @@ def count_parameters(latent: Sequence[int], model: dict[str, Any], blocks: Seque
 
 
 # ---------------------------------------------------------------------------- inputs
-def build_latent_cache(path: Path, latent: Sequence[int], n: int = 8) -> Path:
-    """A complete labelled latent cache (half healthy, half TLE; all in the train split) of random latents."""
-    from bsynth_hpc.data.latent_cache import LatentCache
-    from bsynth_hpc.data.metadata import NUM_FIELDS
-
-    cache = LatentCache.create(path, n=n, latent_shape=latent, scale_factor=1.0, dtype="float32",
-                               label_names=CLASSES, source_store="synthetic (benchmarks/dit3d_training.py)")
-    for k in cache.pending():
-        z = np.random.default_rng(k).standard_normal(tuple(latent)).astype(np.float32)
-        cache.write(k, z, volume_id=f"bench_{k:02d}", modality_id=0, metadata=np.zeros(NUM_FIELDS, np.float32),
-                    metadata_mask=np.zeros(NUM_FIELDS, np.float32), label=k % 2, split="train")
-    return path
-
-
 def write_config(path: Path, latents: Path, model: dict[str, Any], blocks: Sequence[int], max_steps: int,
                  device: str) -> Path:
     r = _tle_recipe()

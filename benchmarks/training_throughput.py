@@ -1,9 +1,18 @@
 """Training throughput and memory: one process vs DDP vs DeepSpeed ZeRO-1/2/3 (+- CPU offload).
 
-Every variant trains the same smoke stage (3D VAE-GAN or 3D denoiser) on the same synthetic
-store at the same global batch through the real engine and launchers (``python -m
-bsynth_hpc.engine.run`` for one process, ``torchrun`` for several), and the numbers come
-from the run's own metrics.jsonl:
+Every variant trains the same real recipe stage at the same global batch through the real engine
+and launchers (``python -m bsynth_hpc.engine.run`` for one process, ``torchrun`` for several), and
+the numbers come from the run's own metrics.jsonl. Stages (``--stages``), each from its packaged tiny
+config (``bsynth_hpc.configs``) with only the benchmark's engine settings changed:
+
+* ``wfdm-vae`` (configs/wfdm-vae_tiny.yaml): the WF-VAE + PatchGAN of stage A, two optimizers (two
+  DeepSpeed engines), the discriminator on from step 0, on a synthetic volume store (``--shape``);
+* ``dit3d`` (configs/dit3d_tiny.yaml): the class-conditional DiT-3D of stage B, one optimizer, on a
+  synthetic labelled latent cache (``--latent``);
+* ``wfdm-ldm`` (configs/wfdm-ldm_tiny.yaml, not in the default set): the conditional 3D U-Net of stage B
+  on the same latent cache.
+
+Per row:
 
 * ``step_time_s``: median wall time of an optimizer step after the warm-up steps;
 * ``volumes_per_s``: global batch / step time;
@@ -17,10 +26,12 @@ from the run's own metrics.jsonl:
   device is the CPU, so offload moves nothing and costs only copies).
 
 On a single GPU it also runs the memory planner for 6/8/12/16/24 GB budgets and records its
-predicted peak against the measured one. Results: benchmarks/results/training_throughput_<device>.json.
+predicted peak against the measured one (``--planner-shape`` volumes, ``--planner-latent`` latents).
+Results: benchmarks/results/local/training_throughput_<device>.json (``--out benchmarks/results`` to
+publish).
 
     python -m benchmarks.training_throughput [--world-size 2] [--steps 10] [--shape 32 32 32]
-    bsynth bench training -- --variants ddp zero2 --stages smoke-denoiser
+    bsynth bench training -- --variants ddp zero2 --stages dit3d
 """
 from __future__ import annotations
 
@@ -37,10 +48,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
+import yaml
+
 from benchmarks.common import environment_info, write_results
+from benchmarks.synthetic import CLASSES, build_latent_cache, build_store
+from bsynth_hpc.engine.config import packaged_config
 from bsynth_hpc.engine.planner import STANDARD_BUDGETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,20 +68,27 @@ VARIANTS: dict[str, list[str]] = {
     "zero3-offload": ["engine.backend=deepspeed", "engine.zero_stage=3", "engine.offload_optimizer=cpu",
                       "engine.offload_param=cpu"],
 }
-STAGE_RECIPES = {
-    "smoke-vaegan": {"channels": 16, "latent_channels": 4, "disc_channels": 16, "groups": 4, "disc_start": 0},
-    "smoke-denoiser": {"channels": 32, "time_dim": 64, "groups": 8},
+STAGES: dict[str, dict[str, Any]] = {
+    # stage -> its packaged tiny config, the input it trains on, and the recipe fields the benchmark changes
+    "wfdm-vae": {"config": "wfdm-vae_tiny.yaml", "input": "volumes", "recipe": {"disc_start": 0}},
+    "dit3d": {"config": "dit3d_tiny.yaml", "input": "latents", "recipe": {"classes": CLASSES}},
+    "wfdm-ldm": {"config": "wfdm-ldm_tiny.yaml", "input": "latents", "recipe": {}},
 }
+DEFAULT_STAGES = ("wfdm-vae", "dit3d")
+BENCH_ENGINE = {"val_every": 0, "ckpt_every": 0, "log_every": 1, "progress": False, "tensorboard": False,
+                "export_at_end": False, "seed": 0, "schedule": {"name": "constant"}}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bsynth bench training", description=__doc__.split("\n\n")[0])
-    p.add_argument("--stages", nargs="+", default=list(STAGE_RECIPES), choices=list(STAGE_RECIPES))
+    p.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=list(STAGES))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--world-size", type=int, default=None, help="ranks for the distributed variants "
                                                                   "(default: GPUs, or 2 on CPU)")
     p.add_argument("--global-batch", type=int, default=4)
     p.add_argument("--shape", type=int, nargs=3, default=[32, 32, 32], help="volume shape of the synthetic store")
+    p.add_argument("--latent", type=int, nargs=4, default=[4, 8, 8, 8], metavar=("C", "X", "Y", "Z"),
+                   help="latent shape of the synthetic latent cache (stage-B stages)")
     p.add_argument("--steps", type=int, default=10, help="measured steps (after --warmup)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=1,
@@ -75,6 +96,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "machines: the least disturbed measurement)")
     p.add_argument("--planner-shape", type=int, nargs=3, default=[96, 112, 80],
                    help="volume shape for the single-GPU memory-planner runs")
+    p.add_argument("--planner-latent", type=int, nargs=4, default=[4, 24, 28, 20], metavar=("C", "X", "Y", "Z"),
+                   help="latent shape for the planner runs of the stage-B stages (the f = 4 latents of 96x112x80)")
     p.add_argument("--no-planner", action="store_true")
     p.add_argument("--cpu", action="store_true", help="benchmark on CPU even when a GPU is present")
     p.add_argument("--timeout", type=float, default=900, help="seconds per variant")
@@ -84,37 +107,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------- inputs
-def build_store(path: Path, shape: Sequence[int], n_subjects: int = 16) -> Path:
-    """A finalized synthetic volume3d store (smooth blobs + noise in [0, 1])."""
-    from bsynth_hpc.data.finalize import finalize_store
-    from bsynth_hpc.data.store import StoreLayout, VolumeStore
-
-    store = VolumeStore.create_or_open(path, StoreLayout(kind="volume3d", shape=tuple(shape), spacing=(2.0,) * 3))
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    for k in range(n_subjects):
-        rng = np.random.default_rng(k)
-        center = rng.uniform(-0.3, 0.3, size=3)[:, None, None, None]
-        blob = np.exp(-((grid - center) ** 2).sum(0) / (2 * rng.uniform(0.3, 0.6) ** 2))
-        data = np.clip(0.8 * blob + 0.1 + rng.normal(0, 0.02, size=tuple(shape)), 0, 1).astype(np.float32)
-        store.write_volume(f"bench_sub-{k:02d}_T1w", data, {
-            "subject": f"sub-{k:02d}", "session": None, "dataset": "bench", "modality": "T1w", "modality_id": 0,
-            "source_path": f"/synthetic/{k}.nii.gz", "source_sha256": "0" * 64, "affine": np.eye(4).tolist(),
-            "shape": list(shape)})
-    finalize_store(store, fractions=(0.875, 0.125, 0.0), seed=0, stratify="dataset")
-    return path
+def build_inputs(work: Path, stages: Sequence[str], shape: Sequence[int], latent: Sequence[int], tag: str = "",
+                 n_subjects: int = 16) -> dict[str, Path]:
+    """The synthetic input each kind of stage needs (built once per kind): ``volumes`` a store, ``latents`` a cache."""
+    kinds = {STAGES[s]["input"] for s in stages}
+    out: dict[str, Path] = {}
+    if "volumes" in kinds:
+        out["volumes"] = build_store(work / f"store{tag}.zarr", shape, n_subjects=n_subjects)
+    if "latents" in kinds:
+        out["latents"] = build_latent_cache(work / f"latents{tag}.zarr", latent, n=max(8, n_subjects // 2))
+    return out
 
 
-def write_config(path: Path, stage: str, max_steps: int) -> Path:
-    import yaml
-
-    cfg = {"stage": stage,
-           "engine": {"max_steps": max_steps, "val_every": 0, "ckpt_every": 0, "log_every": 1, "progress": False,
-                      "tensorboard": False, "export_at_end": False, "ema_decay": 0.999, "seed": 0,
-                      "schedule": {"name": "constant"}},
-           "data": {"num_workers": 1, "val_split": None},
-           "recipe": STAGE_RECIPES[stage]}
+def write_config(path: Path, stage: str, max_steps: int, inputs: dict[str, Path]) -> Path:
+    """The stage's packaged tiny config with the benchmark's engine settings (no validation, checkpoints,
+    export or schedule) and its synthetic input."""
+    spec = STAGES[stage]
+    cfg = yaml.safe_load(packaged_config(spec["config"]).read_text())
+    cfg["engine"] = {**cfg.get("engine", {}), **BENCH_ENGINE, "max_steps": max_steps}
+    cfg["data"] = {**cfg.get("data", {}), "num_workers": 1, "val_split": None}
+    cfg["recipe"] = {**cfg.get("recipe", {}), **spec["recipe"]}
+    if spec["input"] == "latents":
+        cfg["recipe"]["latents"] = str(inputs["latents"])
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def store_for(stage: str, inputs: dict[str, Path]) -> Path | None:
+    """The ``--store`` of a stage (stage-B stages read their latent cache from the config instead)."""
+    return inputs["volumes"] if STAGES[stage]["input"] == "volumes" else None
 
 
 def child_env(device: str, threads: int) -> dict[str, str]:
@@ -188,22 +209,25 @@ def keep_fastest(best: dict[str, dict[str, Any]], key: str, r: dict[str, Any]) -
     best[key]["repeat_step_times_s"] = times
 
 
-def run_variant(stage: str, variant: str, store: Path, work: Path, world: int, global_batch: int, steps: int,
-                warmup: int, device: str, timeout: float) -> dict[str, Any]:
-    config = write_config(work / f"{stage}.yaml", stage, warmup + steps)
+def run_variant(stage: str, variant: str, inputs: dict[str, Path], work: Path, world: int, global_batch: int,
+                steps: int, warmup: int, device: str, timeout: float) -> dict[str, Any]:
+    config = write_config(work / f"{stage}.yaml", stage, warmup + steps, inputs)
     return run_engine(stage, config, work / f"{stage}-{variant}", variant, world, global_batch, warmup, device,
-                      timeout, store=store)
+                      timeout, store=store_for(stage, inputs))
 
 
 # ---------------------------------------------------------------------------- memory planner (GPU)
-def run_planner(stage: str, store: Path, work: Path, budgets: Sequence[float], timeout: float) -> list[dict[str, Any]]:
+def run_planner(stage: str, inputs: dict[str, Path], work: Path, budgets: Sequence[float],
+                timeout: float) -> list[dict[str, Any]]:
     """Single-GPU runs with --gpu-mem-gb: the planner's predicted peak vs the measured allocator peak."""
     out = []
-    config = write_config(work / f"{stage}-plan.yaml", stage, 4)
+    config = write_config(work / f"{stage}-plan.yaml", stage, 4, inputs)
+    store = store_for(stage, inputs)
     for budget in budgets:
         run_dir = work / f"{stage}-plan-{budget}"
-        cmd = [sys.executable, "-m", "bsynth_hpc.engine.run", stage, "--config", str(config), "--store", str(store),
-               "--run-dir", str(run_dir), "--gpu-mem-gb", str(budget), "engine.micro_batch=4"]
+        cmd = [sys.executable, "-m", "bsynth_hpc.engine.run", stage, "--config", str(config),
+               *(["--store", str(store)] if store else []), "--run-dir", str(run_dir), "--gpu-mem-gb", str(budget),
+               "engine.micro_batch=4"]
         proc = subprocess.run(cmd, env=child_env("cuda", 4), cwd=REPO, capture_output=True, text=True,
                               timeout=timeout)
         text = proc.stdout + proc.stderr
@@ -269,26 +293,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(args.keep or work_ctx.name)  # type: ignore[union-attr]
     work.mkdir(parents=True, exist_ok=True)
     try:
-        store = build_store(work / "store.zarr", args.shape)
+        inputs = build_inputs(work, args.stages, args.shape, args.latent)
         results = []
         print(f"training throughput on {device}: {world} ranks for distributed variants, global batch "
-              f"{args.global_batch}, volumes {'x'.join(map(str, args.shape))}", flush=True)
+              f"{args.global_batch}, volumes {'x'.join(map(str, args.shape))}, latents "
+              f"{'x'.join(map(str, args.latent))}", flush=True)
         for stage in args.stages:
             best: dict[str, dict[str, Any]] = {}
             for repeat in range(args.repeats):
                 for variant in args.variants:
                     if variant == "ddp" and world < 2:
                         continue
-                    r = run_variant(stage, variant, store, work, world, args.global_batch, args.steps, args.warmup,
+                    r = run_variant(stage, variant, inputs, work, world, args.global_batch, args.steps, args.warmup,
                                     device, args.timeout)
                     keep_fastest(best, variant, r)
                     _print_row(r, repeat)
             results.extend(best.values())
         planner: list[dict[str, Any]] = []
         if device == "cuda" and not args.no_planner:
-            plan_store = build_store(work / "plan_store.zarr", args.planner_shape, n_subjects=4)
+            plan_inputs = build_inputs(work, args.stages, args.planner_shape, args.planner_latent, tag="_plan",
+                                       n_subjects=4)
             for stage in args.stages:
-                planner += run_planner(stage, plan_store, work, STANDARD_BUDGETS, args.timeout)
+                planner += run_planner(stage, plan_inputs, work, STANDARD_BUDGETS, args.timeout)
     finally:
         if work_ctx is not None:
             work_ctx.cleanup()
@@ -296,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "training_throughput",
         "environment": environment_info(device),
         "settings": {"world_size": world, "global_batch": args.global_batch, "shape": args.shape,
-                     "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "recipes": STAGE_RECIPES, "variants": VARIANTS},
+                     "latent": args.latent, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+                     "stages": {s: STAGES[s] for s in args.stages}, "engine": BENCH_ENGINE, "variants": VARIANTS},
         "notes": ("step_time_s: median over the measured steps (the fastest of the repeats); cpu_s_per_step_all_ranks: "
                   "median CPU seconds per step summed over ranks; peak_mem_mb: CUDA allocator peak on GPU, process "
                   "peak RSS on CPU (includes the interpreter, torch and DeepSpeed); train_state_mb: weights + "

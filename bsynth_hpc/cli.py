@@ -1,26 +1,39 @@
 """The `bsynth` command: the user's surface (shared/DESIGN.md, "CLI").
 
-Subcommands import their machinery lazily so `bsynth --help` stays fast and a missing
-optional dependency only affects the command that needs it.
+The parser is built from the registered recipes (``bsynth sample <recipe>`` flags, ``bsynth demo``
+choices and options); optional dependencies (DeepSpeed, torchvision, LPIPS, Triton) are imported by the
+code that needs them, so a missing one only affects the command that uses it.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from .argtypes import device_name, existing_file, float_at_least, int_at_least, output_folder, tile_size
+import yaml
+
+from .argtypes import device_name, int_at_least
+from .constants import DEFAULT_SHAPE, DEFAULT_SPACING
+from .data.summary import format_store_summary
+from .demo import add_demo_parser, run_demo
+from .engine.registry import get_recipe, recipe_names
+from .engine.run import train_main
 from .errors import BsynthError, ConfigError, NotYetAvailableError
+from .eval.cli import add_eval_parser
+from .prep.demo import build_demo_cohort
+from .prep.manifest_writer import format_draft, manifest_from_folder
+from .recipes.common.sampling import add_sample_options
+from .recipes.encode import encode_from_args
+from .study.augment import add_study_parser
 
 DEMO_DIR = Path("demo_run")
 
 
 # ---------------------------------------------------------------------------- commands
 def cmd_demo_cohort(args: argparse.Namespace) -> int:
-    from bsynth_hpc.prep.demo_cohort import build_demo_cohort
-
     t0 = time.perf_counter()
     manifest = build_demo_cohort(args.out, n_subjects=args.subjects, shape=tuple(args.shape) if args.shape else None,
                                  spacing_mm=args.spacing, seed=args.seed, workers=args.workers,
@@ -30,7 +43,7 @@ def cmd_demo_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_prep(args: argparse.Namespace) -> int:
-    from bsynth_hpc.prep.pipeline import PrepSource, run_prep
+    from bsynth_hpc.prep.pipeline import PrepConfig, PrepSource, run_prep  # lazy: Dask/nibabel, only for prep
 
     if args.manifest:
         source = PrepSource.manifest(args.manifest)
@@ -45,53 +58,37 @@ def cmd_prep(args: argparse.Namespace) -> int:
                           "--manifest put label and metadata columns in the manifest itself")
     mask: bool | str = args.mask_column if args.mask_column else bool(args.mask)
     cluster_options = _load_yaml(args.cluster_config) if args.cluster_config else None
-    result = run_prep(
-        source, args.out, shape=tuple(args.shape) if args.shape else None,
-        spacing=tuple(args.spacing) if args.spacing else None, workers=args.workers,
-        normalize=args.normalize, clip_percentiles=tuple(args.clip_percentiles), mask=mask,
-        allow_outside_root=args.allow_outside_root, cluster=args.cluster, cluster_options=cluster_options,
-        chunks=tuple(args.chunks) if args.chunks else None, dtype=args.dtype,
-        splits=tuple(args.splits), seed=args.seed, progress=not args.quiet, stratify=args.stratify,
+    config = PrepConfig(
+        shape=args.shape, spacing=args.spacing, workers=args.workers, normalize=args.normalize,
+        clip_percentiles=args.clip_percentiles, mask=mask, allow_outside_root=args.allow_outside_root,
+        cluster=args.cluster, cluster_options=cluster_options, chunks=args.chunks, dtype=args.dtype,
+        splits=args.splits, seed=args.seed, progress=not args.quiet, stratify=args.stratify,
         max_volume_mb=args.max_volume_mb,
     )
+    result = run_prep(source, args.out, config)
     return int(result.exit_code)
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from bsynth_hpc.prep.manifest_writer import format_draft, manifest_from_folder
-
     draft = manifest_from_folder(args.from_dir, args.out, pattern=args.pattern, dataset=args.dataset,
                                  overwrite=args.force)
     print(format_draft(draft))
     return 0
 
 
-SAMPLERS: dict[str, str] = {
-    "wfdm": "bsynth_hpc.recipes.wfdm.sampling",
-    "dit3d": "bsynth_hpc.recipes.dit3d.sampling",
-}
-"""`bsynth sample RECIPE`: each module exposes `sample_from_args(args) -> int`."""
-
-
 def cmd_encode(args: argparse.Namespace) -> int:
-    from .recipes.encode import encode_from_args
-
     return int(encode_from_args(args) or 0)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import importlib
-
-    try:
-        module = importlib.import_module(SAMPLERS[args.recipe])
-    except ModuleNotFoundError as exc:
-        raise NotYetAvailableError(f"the {args.recipe} sampler is not installed ({exc})") from exc
-    return int(module.sample_from_args(args) or 0)
+    """``bsynth sample RECIPE``: the parsed flags -> the recipe's typed sample config -> its sampler."""
+    recipe = get_recipe(args.recipe)
+    config = recipe.load("sample_config").from_namespace(args)
+    recipe.load("sampler")(config)
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .data.summary import format_store_summary
-
     print(format_store_summary(args.store))
     return 0
 
@@ -110,9 +107,6 @@ BENCHMARKS = {  # `bsynth bench NAME [options]` -> the module whose main(argv) r
 def _import_benchmark(module: str):
     """Import a benchmark module from the source checkout: benchmarks/ is not part of the installed
     package (it measures the product, it is not the product), so it is found next to bsynth_hpc/."""
-    import importlib
-    import sys
-
     checkout = Path(__file__).resolve().parents[1]
     if not (checkout / "benchmarks" / "__init__.py").is_file():
         raise SystemExit("bsynth bench: the benchmarks live in the source checkout (benchmarks/), which this "
@@ -128,37 +122,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.run import train_main
-
     return train_main(args.rest)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the embedded demo cohort, end to end on CPU (``--recipe wfdm`` or ``dit3d``);
+    """The recipe's main job on the embedded demo cohort, end to end on CPU (``--recipe wfdm`` or ``dit3d``);
     see :mod:`bsynth_hpc.demo`."""
-    from .demo import run_demo
-
     return run_demo(args)
 
 
 def _load_yaml(path: str) -> dict:
-    import yaml
-
     with open(path, encoding="utf-8") as fh:
         return dict(yaml.safe_load(fh) or {})
 
 
 # ---------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    from .constants import DEFAULT_SHAPE, DEFAULT_SPACING
+def add_sample_parser(sub: Any) -> None:
+    """``bsynth sample RECIPE``: one sub-command per registered recipe with a sampler, each with the shared
+    flags (:func:`add_sample_options`) and the recipe's own (``Recipe.sample_options``)."""
+    p = sub.add_parser("sample", help="sample volumes from a trained recipe (NIfTI + PNG previews)")
+    recipes = p.add_subparsers(dest="recipe", required=True, metavar="RECIPE", help="which recipe's sampler")
+    for name in recipe_names():
+        recipe = get_recipe(name)
+        if recipe.sampler is None:
+            continue
+        q = recipes.add_parser(name, help=recipe.description, description=f"bsynth sample {name}: {recipe.description}")
+        add_sample_options(q)
+        if recipe.sample_options is not None:
+            recipe.load("sample_options")(q)
+        q.set_defaults(func=cmd_sample)
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bsynth", description="Train and sample brain-MRI generative models at scale.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from .demo import add_demo_parser
-
-    add_demo_parser(sub, str(DEMO_DIR))
-    sub.choices["demo"].set_defaults(func=cmd_demo)
+    add_demo_parser(sub, str(DEMO_DIR)).set_defaults(func=cmd_demo)
 
     p = sub.add_parser("demo-cohort", help="write the embedded demo cohort (NIfTI + manifest.csv)")
     p.add_argument("--out", required=True)
@@ -263,47 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "available)")
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("sample", help="sample volumes from a trained recipe (NIfTI + PNG previews)")
-    p.add_argument("recipe", choices=sorted(SAMPLERS), help="which recipe's sampler")
-    p.add_argument("--run", required=True, help="the denoiser's run directory")
-    p.add_argument("--out", required=True, type=output_folder, help="output folder for NIfTI volumes and previews")
-    p.add_argument("--n", type=int_at_least(1, "volumes per condition"), default=4, help="volumes per condition")
-    p.add_argument("--steps", type=int_at_least(1), default=None, help="sampling steps (default: the run's config)")
-    p.add_argument("--solver", choices=["euler", "ddpm", "ddim"], default=None, help="default: the run's config")
-    p.add_argument("--cfg", type=float_at_least(0.0, "0 = unconditional, 1 = conditional, >1 = guided"), default=None,
-                   help="classifier-free guidance scale (>= 0)")
-    p.add_argument("--modality", default=None, help="target modality (wfdm): T1w, T2w, T1Gd or FLAIR")
-    p.add_argument("--meta", default=None, help="metadata for wfdm, e.g. age=56,sex=M,stroke=yes")
-    p.add_argument("--class", dest="class_label", default=None, help="class label (dit3d), e.g. TLE")
-    p.add_argument("--conditions", type=existing_file, default=None,
-                   help="CSV of conditions, one row per sample (a synthetic cohort)")
-    p.add_argument("--compressor-run", default=None, help="stage-A run (default: the one recorded in --run)")
-    p.add_argument("--tile", type=tile_size, default=None,
-                   help="decode in overlapping latent tiles of this many voxels per axis (bounds decoder memory: "
-                        "e.g. 16 for 192x224x160 on a 6 GB card; default $BSYNTH_DECODE_TILE or a whole-volume decode)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=1)
-    p.add_argument("--seed", type=int_at_least(0), default=0,
-                   help="first seed; into a folder that already holds samples, numbering and seeds continue after "
-                        "them unless --overwrite")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write over the samples already in --out (same names, seeds from --seed)")
-    p.add_argument("--space", choices=["store", "native"], default="store",
-                   help="store: the preprocessed RAS grid (default); native: resampled onto a scanner grid "
-                        "(--reference) so samples overlay scans in world coordinates")
-    p.add_argument("--intensity", choices=["unit", "scanner"], default="unit",
-                   help="unit: [0, 1] as trained (default); scanner: the --reference volume's recorded prep "
-                        "normalisation inverted (needs a volume id of the training store)")
-    p.add_argument("--reference", default=None,
-                   help="--space native grid: a NIfTI scan, or a volume id of the training store (its source "
-                        "scan's grid as prep recorded it; default the store's first volume)")
-    p.add_argument("--device", type=device_name, default=None, help="auto | cpu | cuda | cuda:N")
-    p.set_defaults(func=cmd_sample)
-
-    from .study.augment import add_study_parser
+    add_sample_parser(sub)
 
     add_study_parser(sub)
-
-    from .eval.cli import add_eval_parser
 
     add_eval_parser(sub)
     return parser

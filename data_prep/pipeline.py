@@ -2,7 +2,8 @@
 
 One run:
 
-1. resolve parameters (:class:`~bsynth_hpc.prep.preprocess.PreprocessParams`) and read the source
+1. check the options (:class:`~bsynth_hpc.prep.config.PrepConfig`), resolve parameters
+   (:class:`~bsynth_hpc.prep.preprocess.PreprocessParams`) and read the source
    (:mod:`bsynth_hpc.prep.ingest`: cheap row checks, bad rows become failures);
 2. check ``out`` (:func:`check_out_path`): prep never deletes or mixes with files it did not
    create, so a file, a non-empty folder that is not a store, the input folder itself, a folder
@@ -40,20 +41,20 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from bsynth_hpc.constants import DEFAULT_SHAPE, DEFAULT_SPACING
-from bsynth_hpc.data.finalize import STRATIFY_CHOICES, finalize_store
-from bsynth_hpc.data.splits import check_fractions
+from bsynth_hpc.data.finalize import finalize_store
 from bsynth_hpc.data.store import (REPORT_NAME, StoreLayout, StoreWriteError, VolumeStore, store_error,
                                    write_failure)
 from bsynth_hpc.errors import ConfigError, StoreError
 
-from .cluster import check_cluster_args, map_unordered
+from .cluster import map_unordered
+from .config import PrepConfig
 from .ingest import Ingested, PrepSource, WorkItem, collect
 from .loading import max_volume_bytes
 from .preprocess import PreprocessParams
 from .report import Failure, PrepResult, failure_from_exception, format_summary, needs_rerun, write_report
 from .worker import DONE, SKIPPED, process_item
 
-__all__ = ["PrepSource", "PrepResult", "run_prep", "resolve_params", "DEFAULT_SLICE_SHAPE", "LOCK_NAME"]
+__all__ = ["PrepConfig", "PrepSource", "PrepResult", "run_prep", "resolve_params", "DEFAULT_SLICE_SHAPE", "LOCK_NAME"]
 
 DEFAULT_SLICE_SHAPE: tuple[int, int] = (256, 256)
 SLICE_SPACING: tuple[float, float] = (1.0, 1.0)
@@ -278,43 +279,27 @@ def _incomplete_reason(result: PrepResult) -> str:
     return "the last prep run did not finish"
 
 
-def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[int] | None = None,
-             spacing: Sequence[float] | None = None, workers: int = 2, normalize: str = "minmax",
-             clip_percentiles: Sequence[float] = (0.5, 99.5), mask: bool | str = False,
-             allow_outside_root: bool = False, cluster: str = "local",
-             cluster_options: Mapping[str, Any] | None = None, chunks: Sequence[int] | None = None,
-             compressor: Mapping[str, Any] | None = None, dtype: str = "float16",
-             splits: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, progress: bool = True,
-             stratify: str | None = None, max_volume_mb: float | None = None) -> PrepResult:
-    """Preprocess every input of ``source`` into the store ``out`` (see the module docstring).
-
-    shape/spacing default to 192x224x160 at 1 mm for volumes and 256x256 for slices; chunks,
-    compressor and dtype apply when the store is created (an existing store keeps its own).
-    ``stratify`` (None = stable hash split, or "dataset" | "modalities" | "label") is passed to
-    :func:`bsynth_hpc.data.finalize.finalize_store`. ``max_volume_mb`` bounds the memory one input
-    may need (None: ``$BSYNTH_MAX_VOLUME_MB`` or 512 MiB, see :func:`bsynth_hpc.prep.loading.max_volume_bytes`);
-    larger inputs are reported as failed without being read.
-    """
+def run_prep(source: PrepSource, out: str | os.PathLike[str], config: PrepConfig | None = None) -> PrepResult:
+    """Preprocess every input of ``source`` into the store ``out`` with the options ``config``
+    (default: ``PrepConfig()``; see the module docstring and :class:`PrepConfig`)."""
+    c = config if config is not None else PrepConfig()
     t0 = time.perf_counter()
-    params = resolve_params(source, shape, spacing, normalize, clip_percentiles, mask)
-    check_cluster_args(cluster, workers, cluster_options)
-    check_fractions(splits)
-    if stratify is not None and stratify not in STRATIFY_CHOICES:
-        raise ConfigError(f"stratify={stratify!r} is not supported: use None or one of {', '.join(STRATIFY_CHOICES)}")
-    max_bytes = max_volume_bytes(max_volume_mb)
+    c.validate()  # the fields may have been changed after construction
+    params = resolve_params(source, c.shape, c.spacing, c.normalize, c.clip_percentiles, c.mask)
+    max_bytes = max_volume_bytes(c.max_volume_mb)
     out_path = Path(out).absolute()
     check_out_is_folder(out_path)
-    ingested = collect(source, mask_column=params.mask_column, allow_outside_root=allow_outside_root)
+    ingested = collect(source, mask_column=params.mask_column, allow_outside_root=c.allow_outside_root)
     _warn_columns(ingested)
     check_out_path(out_path, source, ingested.items)
-    layout = StoreLayout(kind=source.store_kind, shape=params.shape, spacing=params.spacing, dtype=dtype,
-                         chunks=tuple(chunks) if chunks else None, compressor=compressor)
+    layout = StoreLayout(kind=source.store_kind, shape=params.shape, spacing=params.spacing, dtype=c.dtype,
+                         chunks=c.chunks, compressor=c.compressor)
     store = VolumeStore.create_or_open(out_path, layout, preprocessing=params.as_dict())
     _check_store_params(store, params)
     parameters = {**params.as_dict(), "dtype": store.dtype, "chunks": store.info.get("chunks"),
-                  "compressor": store.info.get("compressor"), "cluster": cluster, "workers": workers,
-                  "allow_outside_root": allow_outside_root, "splits": list(splits), "seed": seed,
-                  "stratify": stratify, "max_volume_mb": max_bytes / 2**20}
+                  "compressor": store.info.get("compressor"), "cluster": c.cluster, "workers": c.workers,
+                  "allow_outside_root": c.allow_outside_root, "splits": list(c.splits), "seed": c.seed,
+                  "stratify": c.stratify, "max_volume_mb": max_bytes / 2**20}
 
     with store_lock(store.path):
         started = time.time()
@@ -323,11 +308,11 @@ def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[in
         store.remove_staging()
         todo = [it for it in ingested.items if not store.has_volume(it.volume_id)]
         skipped = len(ingested.items) - len(todo)
-        if progress:
+        if c.progress:
             print(f"[prep] {ingested.total} inputs: {len(todo)} to process, {skipped} already in {store.path}, "
-                  f"{len(ingested.failures)} rejected up front; cluster={cluster}, workers={workers}",
+                  f"{len(ingested.failures)} rejected up front; cluster={c.cluster}, workers={c.workers}",
                   file=sys.stderr, flush=True)
-        run = _execute(todo, params, store, cluster, workers, cluster_options, progress, max_bytes)
+        run = _execute(todo, params, store, c.cluster, c.workers, c.cluster_options, c.progress, max_bytes)
         store.remove_staging()  # empty unless a task died mid-write; the lock says no one else writes
         # workers finish in any order: sort so the report does not depend on the cluster
         failures = ingested.failures + sorted(run.failures, key=lambda f: f.volume_id or "")
@@ -340,7 +325,7 @@ def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[in
         ready = not run.not_attempted and not any(needs_rerun(f) for f in failures)
         try:
             if ready and store.volume_ids():
-                result.finalize = finalize_store(store, fractions=splits, seed=seed, stratify=stratify)
+                result.finalize = finalize_store(store, fractions=c.splits, seed=c.seed, stratify=c.stratify)
         except (StoreWriteError, OSError) as exc:  # e.g. disk full writing table.csv or the store info
             ready = False
             result.problems.append(f"finalizing the store failed: {exc}")
@@ -351,6 +336,6 @@ def run_prep(source: PrepSource, out: str | os.PathLike[str], shape: Sequence[in
         finally:
             result.elapsed_s = time.perf_counter() - t0
             _finish(store, result, source_info, ready)
-    if progress:
+    if c.progress:
         print(format_summary(result), flush=True)
     return result

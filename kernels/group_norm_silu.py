@@ -37,7 +37,8 @@ backward (only x, mean and rstd are kept; x_hat, m and sigmoid(m) are recomputed
   (liger-kernel issue #1375 was a GroupNorm backward that was only right for (B, C, L)).
 
 `group_norm_silu_reference` is the plain differentiable PyTorch definition (the CPU path and the
-readable spec); `GroupNormSiLU` is the nn.Module wrapper that calls the `bsynth_hpc.ops` facade.
+readable spec); the nn.Module wrapper is `bsynth_hpc.nn.GroupNormSiLU`, which calls the `bsynth_hpc.ops`
+facade.
 """
 from __future__ import annotations
 
@@ -47,7 +48,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.autograd.function import once_differentiable
 
 try:  # triton is an optional dependency: the reference must import without it
@@ -60,7 +60,6 @@ except Exception:  # pragma: no cover - platform without triton
 
 __all__ = [
     "HAS_TRITON",
-    "GroupNormSiLU",
     "GroupNormSiLUFunction",
     "group_norm_silu_reference",
     "group_norm_silu_triton",
@@ -546,34 +545,3 @@ def group_norm_silu_triton(x: torch.Tensor, num_groups: int, weight: torch.Tenso
     w = weight.contiguous() if weight is not None else None
     b = bias.contiguous() if bias is not None else None
     return GroupNormSiLUFunction.apply(x, w, b, scale2, shift2, num_groups, float(eps), plan)
-
-
-# --------------------------------------------------------------------------------------------
-# nn.Module wrapper
-# --------------------------------------------------------------------------------------------
-class GroupNormSiLU(nn.Module):
-    """GroupNorm(num_groups, num_channels, eps, affine) followed by optional (1 + scale), + shift and
-    SiLU, through the `bsynth_hpc.ops` facade (Triton on CUDA, reference elsewhere)."""
-
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        if num_groups <= 0 or num_channels % num_groups != 0:
-            raise ValueError(f"GroupNormSiLU: num_channels={num_channels} must be divisible by "
-                             f"num_groups={num_groups}")
-        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
-            self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
-        from bsynth_hpc import ops  # late import: the facade imports this module lazily
-
-        return ops.group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps, scale, shift)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

@@ -1,4 +1,4 @@
-"""One-level 3D orthonormal Haar DWT / IDWT: Triton kernels, PyTorch reference, autograd, modules.
+"""One-level 3D orthonormal Haar DWT / IDWT: Triton kernels, PyTorch reference, autograd.
 
 The Wavelet-Fusion VAE of seed 003 (§2.5.2) decomposes the input volume with a 3D Haar DWT,
 projects the eight stacked subbands, transforms a selected subset of them a second time and, on
@@ -25,9 +25,9 @@ take a flag for that edge rule, so all four linear maps are the same two kernels
 backward of each is the other (which makes double backward work too).
 
 Implementations: ``*_reference`` (plain differentiable PyTorch, any device, the fallback and the
-test oracle), ``*_triton`` (CUDA, or CPU under TRITON_INTERPRET=1), and the parameter-free
-``HaarDWT3d``/``HaarIDWT3d`` modules that follow the facade's dispatch rules. Models call the facade
-``bsynth_hpc.ops.haar_dwt3d``/``haar_idwt3d``/``haar_dwt3d_two_level``, never the kernels directly.
+test oracle) and ``*_triton`` (CUDA, or CPU under TRITON_INTERPRET=1; needs triton, which is
+optional). Models call the facade ``bsynth_hpc.ops.haar_dwt3d``/``haar_idwt3d``/``haar_dwt3d_two_level``
+or the parameter-free modules ``bsynth_hpc.nn.HaarDWT3d``/``HaarIDWT3d``, never the kernels directly.
 """
 from __future__ import annotations
 
@@ -36,11 +36,17 @@ import os
 from typing import Callable, Sequence
 
 import torch
-import triton
-import triton.language as tl
-from torch import nn
+
+try:  # triton is optional: the references must import and run without it
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except Exception:  # pragma: no cover - platform without triton
+    HAS_TRITON = False
 
 __all__ = [
+    "HAS_TRITON",
     "SUBBAND_NAMES",
     "PYWT_KEYS",
     "haar_dwt3d_reference",
@@ -48,8 +54,6 @@ __all__ = [
     "haar_dwt3d_triton",
     "haar_idwt3d_triton",
     "haar_dwt3d_two_level",
-    "HaarDWT3d",
-    "HaarIDWT3d",
 ]
 
 SUBBAND_NAMES: tuple[str, ...] = ("LLL", "LLH", "LHL", "LHH", "HLL", "HLH", "HHL", "HHH")
@@ -150,197 +154,193 @@ def haar_idwt3d_reference(y: torch.Tensor, output_shape: Sequence[int] | None = 
 # ----------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _scale(F64: tl.constexpr):
-    """1/(2 sqrt 2), the product of the three butterflies' 1/sqrt 2, in the arithmetic dtype
-    (a Python float literal would be an fp32 constant and cost fp64 its precision)."""
-    if F64:
-        return tl.sqrt(tl.full([], 0.125, tl.float64))
-    else:
-        return tl.full([], 0.3535533905932738, tl.float32)
+if HAS_TRITON:  # the kernels exist only where triton imports; the references never need it
+    @triton.jit
+    def _scale(F64: tl.constexpr):
+        """1/(2 sqrt 2), the product of the three butterflies' 1/sqrt 2, in the arithmetic dtype
+        (a Python float literal would be an fp32 constant and cost fp64 its precision)."""
+        if F64:
+            return tl.sqrt(tl.full([], 0.125, tl.float64))
+        else:
+            return tl.full([], 0.3535533905932738, tl.float32)
 
+    @triton.jit
+    def _plane_positions(pid, n_pblocks, C, X2, Y2, Z2, BLOCK: tl.constexpr):
+        """What program ``pid`` covers: BLOCK coefficient positions p = j * Z2 + k of the (Y2, Z2) plane
+        ``i`` of channel ``c`` of batch ``b`` (bc = b * C + c); returns i, bc, b, c, P = Y2 * Z2, p, p < P, j, k."""
+        pblock = pid % n_pblocks
+        row = pid // n_pblocks  # = (b*C + c) * X2 + i
+        i = row % X2
+        bc = row // X2
+        P = Y2 * Z2
+        p = pblock * BLOCK + tl.arange(0, BLOCK)
+        return i, bc, bc // C, bc % C, P, p, p < P, p // Z2, p % Z2
 
-@triton.jit
-def _plane_positions(pid, n_pblocks, C, X2, Y2, Z2, BLOCK: tl.constexpr):
-    """What program ``pid`` covers: BLOCK coefficient positions p = j * Z2 + k of the (Y2, Z2) plane
-    ``i`` of channel ``c`` of batch ``b`` (bc = b * C + c); returns i, bc, b, c, P = Y2 * Z2, p, p < P, j, k."""
-    pblock = pid % n_pblocks
-    row = pid // n_pblocks  # = (b*C + c) * X2 + i
-    i = row % X2
-    bc = row // X2
-    P = Y2 * Z2
-    p = pblock * BLOCK + tl.arange(0, BLOCK)
-    return i, bc, bc // C, bc % C, P, p, p < P, p // Z2, p % Z2
+    @triton.jit
+    def _subband0(y_ptr, b, c, C, i, X2, P, p):
+        """Pointers to the positions ``p`` of plane ``i`` of channel ``c`` in subband 0 of batch ``b``
+        (subband s lies s * SUB elements further)."""
+        return y_ptr + (b.to(tl.int64) * 8 * C + c) * (X2 * P) + i.to(tl.int64) * P + p
 
+    @triton.jit
+    def _voxel_blocks(x_ptr, bc, i, j, k, pmask, X, Y, Z, REPLICATE: tl.constexpr):
+        """Pointers and masks of the 2x2x2 voxel blocks (2i+dx, 2j+dy, 2k+{0,1}) of positions (i, j, k):
+        four (BLOCK, 2) tiles, z pairs contiguous, in the order (dx, dy) = 00, 01, 10, 11. Even indices
+        (2n) are always in range; only the odd partner can pass an odd edge: REPLICATE clamps it to the
+        last voxel, else it is masked out."""
+        zz = 2 * k[:, None] + tl.arange(0, 2)[None, :]  # (BLOCK, 2) z index, contiguous
+        ya = 2 * j
+        yb = 2 * j + 1
+        xa = 2 * i
+        xb = 2 * i + 1
+        if REPLICATE:
+            zz = tl.minimum(zz, Z - 1)
+            yb = tl.minimum(yb, Y - 1)
+            xb = tl.minimum(xb, X - 1)
+            m_a = pmask[:, None] & (zz >= 0)  # (BLOCK, 2), all lanes of live positions
+            m_b = m_a
+            m_c = m_a
+            m_d = m_a
+        else:
+            m_a = pmask[:, None] & (zz < Z)
+            m_b = m_a & (yb < Y)[:, None]
+            x_in = (tl.zeros_like(zz) + xb) < X  # per-lane form: the interpreter rejects scalar masks
+            m_c = m_a & x_in
+            m_d = m_b & x_in
+        YZ = Y * Z
+        base = bc.to(tl.int64) * X * YZ
+        pa = x_ptr + base + xa.to(tl.int64) * YZ
+        pb = x_ptr + base + xb.to(tl.int64) * YZ
+        ra = (ya * Z)[:, None] + zz
+        rb = (yb * Z)[:, None] + zz
+        return pa + ra, pa + rb, pb + ra, pb + rb, m_a, m_b, m_c, m_d
 
-@triton.jit
-def _subband0(y_ptr, b, c, C, i, X2, P, p):
-    """Pointers to the positions ``p`` of plane ``i`` of channel ``c`` in subband 0 of batch ``b``
-    (subband s lies s * SUB elements further)."""
-    return y_ptr + (b.to(tl.int64) * 8 * C + c) * (X2 * P) + i.to(tl.int64) * P + p
+    @triton.jit
+    def _haar_dwt3d_kernel(
+        x_ptr, y_ptr, C, X, Y, Z, X2, Y2, Z2, SUB, n_pblocks,
+        REPLICATE: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        """Forward DWT. One program: BLOCK output voxels of the (Y2, Z2) plane `i` of one (b, c);
+        it loads their 2x2x2 input blocks (z pairs as contiguous (BLOCK, 2) tiles) and writes all
+        eight subbands. Past an odd edge the loads clamp (REPLICATE, the forward) or read zero
+        (not REPLICATE: the adjoint of the cropping inverse)."""
+        i, bc, b, c, P, p, pmask, j, k = _plane_positions(tl.program_id(0), n_pblocks, C, X2, Y2, Z2, BLOCK)
+        p00, p01, p10, p11, m00, m01, m10, m11 = _voxel_blocks(x_ptr, bc, i, j, k, pmask, X, Y, Z, REPLICATE)
+        a00 = tl.load(p00, mask=m00, other=0.0)
+        a01 = tl.load(p01, mask=m01, other=0.0)
+        a10 = tl.load(p10, mask=m10, other=0.0)
+        a11 = tl.load(p11, mask=m11, other=0.0)
+        if F64:
+            a00, a01, a10, a11 = a00.to(tl.float64), a01.to(tl.float64), a10.to(tl.float64), a11.to(tl.float64)
+        else:
+            a00, a01, a10, a11 = a00.to(tl.float32), a01.to(tl.float32), a10.to(tl.float32), a11.to(tl.float32)
+        # z butterfly: v{dx}{dy}{az}
+        e, o = tl.split(a00)
+        v000, v001 = e + o, e - o
+        e, o = tl.split(a01)
+        v010, v011 = e + o, e - o
+        e, o = tl.split(a10)
+        v100, v101 = e + o, e - o
+        e, o = tl.split(a11)
+        v110, v111 = e + o, e - o
+        # y butterfly: w{dx}{ay}{az}
+        w000, w010 = v000 + v010, v000 - v010
+        w001, w011 = v001 + v011, v001 - v011
+        w100, w110 = v100 + v110, v100 - v110
+        w101, w111 = v101 + v111, v101 - v111
+        # x butterfly and the orthonormal scale: s{ax}{ay}{az}
+        s = _scale(F64)
+        out = _subband0(y_ptr, b, c, C, i, X2, P, p)
+        ty = y_ptr.dtype.element_ty
+        # Subband s lives SUB = C*X2*Y2*Z2 elements after subband s-1 (pointer steps, no int overflow).
+        tl.store(out, ((w000 + w100) * s).to(ty), mask=pmask)
+        out += SUB
+        tl.store(out, ((w001 + w101) * s).to(ty), mask=pmask)
+        out += SUB
+        tl.store(out, ((w010 + w110) * s).to(ty), mask=pmask)
+        out += SUB
+        tl.store(out, ((w011 + w111) * s).to(ty), mask=pmask)
+        out += SUB
+        tl.store(out, ((w000 - w100) * s).to(ty), mask=pmask)
+        out += SUB
+        tl.store(out, ((w001 - w101) * s).to(ty), mask=pmask)
+        out += SUB
+        tl.store(out, ((w010 - w110) * s).to(ty), mask=pmask)
+        out += SUB
+        tl.store(out, ((w011 - w111) * s).to(ty), mask=pmask)
 
-
-@triton.jit
-def _voxel_blocks(x_ptr, bc, i, j, k, pmask, X, Y, Z, REPLICATE: tl.constexpr):
-    """Pointers and masks of the 2x2x2 voxel blocks (2i+dx, 2j+dy, 2k+{0,1}) of positions (i, j, k):
-    four (BLOCK, 2) tiles, z pairs contiguous, in the order (dx, dy) = 00, 01, 10, 11. Even indices
-    (2n) are always in range; only the odd partner can pass an odd edge: REPLICATE clamps it to the
-    last voxel, else it is masked out."""
-    zz = 2 * k[:, None] + tl.arange(0, 2)[None, :]  # (BLOCK, 2) z index, contiguous
-    ya = 2 * j
-    yb = 2 * j + 1
-    xa = 2 * i
-    xb = 2 * i + 1
-    if REPLICATE:
-        zz = tl.minimum(zz, Z - 1)
-        yb = tl.minimum(yb, Y - 1)
-        xb = tl.minimum(xb, X - 1)
-        m_a = pmask[:, None] & (zz >= 0)  # (BLOCK, 2), all lanes of live positions
-        m_b = m_a
-        m_c = m_a
-        m_d = m_a
-    else:
-        m_a = pmask[:, None] & (zz < Z)
-        m_b = m_a & (yb < Y)[:, None]
-        x_in = (tl.zeros_like(zz) + xb) < X  # per-lane form: the interpreter rejects scalar masks
-        m_c = m_a & x_in
-        m_d = m_b & x_in
-    YZ = Y * Z
-    base = bc.to(tl.int64) * X * YZ
-    pa = x_ptr + base + xa.to(tl.int64) * YZ
-    pb = x_ptr + base + xb.to(tl.int64) * YZ
-    ra = (ya * Z)[:, None] + zz
-    rb = (yb * Z)[:, None] + zz
-    return pa + ra, pa + rb, pb + ra, pb + rb, m_a, m_b, m_c, m_d
-
-
-@triton.jit
-def _haar_dwt3d_kernel(
-    x_ptr, y_ptr, C, X, Y, Z, X2, Y2, Z2, SUB, n_pblocks,
-    REPLICATE: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """Forward DWT. One program: BLOCK output voxels of the (Y2, Z2) plane `i` of one (b, c);
-    it loads their 2x2x2 input blocks (z pairs as contiguous (BLOCK, 2) tiles) and writes all
-    eight subbands. Past an odd edge the loads clamp (REPLICATE, the forward) or read zero
-    (not REPLICATE: the adjoint of the cropping inverse)."""
-    i, bc, b, c, P, p, pmask, j, k = _plane_positions(tl.program_id(0), n_pblocks, C, X2, Y2, Z2, BLOCK)
-    p00, p01, p10, p11, m00, m01, m10, m11 = _voxel_blocks(x_ptr, bc, i, j, k, pmask, X, Y, Z, REPLICATE)
-    a00 = tl.load(p00, mask=m00, other=0.0)
-    a01 = tl.load(p01, mask=m01, other=0.0)
-    a10 = tl.load(p10, mask=m10, other=0.0)
-    a11 = tl.load(p11, mask=m11, other=0.0)
-    if F64:
-        a00, a01, a10, a11 = a00.to(tl.float64), a01.to(tl.float64), a10.to(tl.float64), a11.to(tl.float64)
-    else:
-        a00, a01, a10, a11 = a00.to(tl.float32), a01.to(tl.float32), a10.to(tl.float32), a11.to(tl.float32)
-    # z butterfly: v{dx}{dy}{az}
-    e, o = tl.split(a00)
-    v000, v001 = e + o, e - o
-    e, o = tl.split(a01)
-    v010, v011 = e + o, e - o
-    e, o = tl.split(a10)
-    v100, v101 = e + o, e - o
-    e, o = tl.split(a11)
-    v110, v111 = e + o, e - o
-    # y butterfly: w{dx}{ay}{az}
-    w000, w010 = v000 + v010, v000 - v010
-    w001, w011 = v001 + v011, v001 - v011
-    w100, w110 = v100 + v110, v100 - v110
-    w101, w111 = v101 + v111, v101 - v111
-    # x butterfly and the orthonormal scale: s{ax}{ay}{az}
-    s = _scale(F64)
-    out = _subband0(y_ptr, b, c, C, i, X2, P, p)
-    ty = y_ptr.dtype.element_ty
-    # Subband s lives SUB = C*X2*Y2*Z2 elements after subband s-1 (pointer steps, no int overflow).
-    tl.store(out, ((w000 + w100) * s).to(ty), mask=pmask)
-    out += SUB
-    tl.store(out, ((w001 + w101) * s).to(ty), mask=pmask)
-    out += SUB
-    tl.store(out, ((w010 + w110) * s).to(ty), mask=pmask)
-    out += SUB
-    tl.store(out, ((w011 + w111) * s).to(ty), mask=pmask)
-    out += SUB
-    tl.store(out, ((w000 - w100) * s).to(ty), mask=pmask)
-    out += SUB
-    tl.store(out, ((w001 - w101) * s).to(ty), mask=pmask)
-    out += SUB
-    tl.store(out, ((w010 - w110) * s).to(ty), mask=pmask)
-    out += SUB
-    tl.store(out, ((w011 - w111) * s).to(ty), mask=pmask)
-
-
-@triton.jit
-def _haar_idwt3d_kernel(
-    y_ptr, x_ptr, C, X, Y, Z, X2, Y2, Z2, SUB, n_pblocks,
-    FOLD: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """Inverse DWT. One program: BLOCK coefficient positions of plane `i` of one (b, c); it loads
-    the eight subbands and writes the 2x2x2 voxel blocks (z pairs as contiguous (BLOCK, 2) tiles)
-    inside (X, Y, Z). Voxels past an odd edge are dropped (the cropping inverse) or, with FOLD,
-    added onto the last voxel (the adjoint of the replicating forward)."""
-    i, bc, b, c, P, p, pmask, j, k = _plane_positions(tl.program_id(0), n_pblocks, C, X2, Y2, Z2, BLOCK)
-    src = _subband0(y_ptr, b, c, C, i, X2, P, p)
-    c0 = tl.load(src, mask=pmask, other=0.0)
-    src += SUB
-    c1 = tl.load(src, mask=pmask, other=0.0)
-    src += SUB
-    c2 = tl.load(src, mask=pmask, other=0.0)
-    src += SUB
-    c3 = tl.load(src, mask=pmask, other=0.0)
-    src += SUB
-    c4 = tl.load(src, mask=pmask, other=0.0)
-    src += SUB
-    c5 = tl.load(src, mask=pmask, other=0.0)
-    src += SUB
-    c6 = tl.load(src, mask=pmask, other=0.0)
-    src += SUB
-    c7 = tl.load(src, mask=pmask, other=0.0)
-    if F64:
-        ct = tl.float64
-    else:
-        ct = tl.float32
-    c0, c1, c2, c3 = c0.to(ct), c1.to(ct), c2.to(ct), c3.to(ct)
-    c4, c5, c6, c7 = c4.to(ct), c5.to(ct), c6.to(ct), c7.to(ct)
-    # x butterfly: w{dx}{ay}{az}
-    w000, w100 = c0 + c4, c0 - c4
-    w001, w101 = c1 + c5, c1 - c5
-    w010, w110 = c2 + c6, c2 - c6
-    w011, w111 = c3 + c7, c3 - c7
-    # y butterfly: v{dx}{dy}{az}
-    v000, v010 = w000 + w010, w000 - w010
-    v001, v011 = w001 + w011, w001 - w011
-    v100, v110 = w100 + w110, w100 - w110
-    v101, v111 = w101 + w111, w101 - w111
-    # z butterfly -> voxels u{dx}{dy}{dz}
-    s = _scale(F64)
-    u000, u001 = (v000 + v001) * s, (v000 - v001) * s
-    u010, u011 = (v010 + v011) * s, (v010 - v011) * s
-    u100, u101 = (v100 + v101) * s, (v100 - v101) * s
-    u110, u111 = (v110 + v111) * s, (v110 - v111) * s
-    if FOLD:
-        # Adjoint of edge replication: the voxel at index 2n+1 == size lies past an odd edge and
-        # its value belongs to the last real voxel 2n. Separable, so fold z, then y, then x.
-        fz = (2 * k + 1) == Z
-        u000 += tl.where(fz, u001, 0.0)
-        u010 += tl.where(fz, u011, 0.0)
-        u100 += tl.where(fz, u101, 0.0)
-        u110 += tl.where(fz, u111, 0.0)
-        fy = (2 * j + 1) == Y
-        u000 += tl.where(fy, u010, 0.0)
-        u001 += tl.where(fy, u011, 0.0)
-        u100 += tl.where(fy, u110, 0.0)
-        u101 += tl.where(fy, u111, 0.0)
-        if 2 * i + 1 == X:
-            u000 += u100
-            u001 += u101
-            u010 += u110
-            u011 += u111
-    p00, p01, p10, p11, m00, m01, m10, m11 = _voxel_blocks(x_ptr, bc, i, j, k, pmask, X, Y, Z, False)
-    tx = x_ptr.dtype.element_ty
-    tl.store(p00, tl.join(u000, u001).to(tx), mask=m00)
-    tl.store(p01, tl.join(u010, u011).to(tx), mask=m01)
-    tl.store(p10, tl.join(u100, u101).to(tx), mask=m10)
-    tl.store(p11, tl.join(u110, u111).to(tx), mask=m11)
+    @triton.jit
+    def _haar_idwt3d_kernel(
+        y_ptr, x_ptr, C, X, Y, Z, X2, Y2, Z2, SUB, n_pblocks,
+        FOLD: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        """Inverse DWT. One program: BLOCK coefficient positions of plane `i` of one (b, c); it loads
+        the eight subbands and writes the 2x2x2 voxel blocks (z pairs as contiguous (BLOCK, 2) tiles)
+        inside (X, Y, Z). Voxels past an odd edge are dropped (the cropping inverse) or, with FOLD,
+        added onto the last voxel (the adjoint of the replicating forward)."""
+        i, bc, b, c, P, p, pmask, j, k = _plane_positions(tl.program_id(0), n_pblocks, C, X2, Y2, Z2, BLOCK)
+        src = _subband0(y_ptr, b, c, C, i, X2, P, p)
+        c0 = tl.load(src, mask=pmask, other=0.0)
+        src += SUB
+        c1 = tl.load(src, mask=pmask, other=0.0)
+        src += SUB
+        c2 = tl.load(src, mask=pmask, other=0.0)
+        src += SUB
+        c3 = tl.load(src, mask=pmask, other=0.0)
+        src += SUB
+        c4 = tl.load(src, mask=pmask, other=0.0)
+        src += SUB
+        c5 = tl.load(src, mask=pmask, other=0.0)
+        src += SUB
+        c6 = tl.load(src, mask=pmask, other=0.0)
+        src += SUB
+        c7 = tl.load(src, mask=pmask, other=0.0)
+        if F64:
+            ct = tl.float64
+        else:
+            ct = tl.float32
+        c0, c1, c2, c3 = c0.to(ct), c1.to(ct), c2.to(ct), c3.to(ct)
+        c4, c5, c6, c7 = c4.to(ct), c5.to(ct), c6.to(ct), c7.to(ct)
+        # x butterfly: w{dx}{ay}{az}
+        w000, w100 = c0 + c4, c0 - c4
+        w001, w101 = c1 + c5, c1 - c5
+        w010, w110 = c2 + c6, c2 - c6
+        w011, w111 = c3 + c7, c3 - c7
+        # y butterfly: v{dx}{dy}{az}
+        v000, v010 = w000 + w010, w000 - w010
+        v001, v011 = w001 + w011, w001 - w011
+        v100, v110 = w100 + w110, w100 - w110
+        v101, v111 = w101 + w111, w101 - w111
+        # z butterfly -> voxels u{dx}{dy}{dz}
+        s = _scale(F64)
+        u000, u001 = (v000 + v001) * s, (v000 - v001) * s
+        u010, u011 = (v010 + v011) * s, (v010 - v011) * s
+        u100, u101 = (v100 + v101) * s, (v100 - v101) * s
+        u110, u111 = (v110 + v111) * s, (v110 - v111) * s
+        if FOLD:
+            # Adjoint of edge replication: the voxel at index 2n+1 == size lies past an odd edge and
+            # its value belongs to the last real voxel 2n. Separable, so fold z, then y, then x.
+            fz = (2 * k + 1) == Z
+            u000 += tl.where(fz, u001, 0.0)
+            u010 += tl.where(fz, u011, 0.0)
+            u100 += tl.where(fz, u101, 0.0)
+            u110 += tl.where(fz, u111, 0.0)
+            fy = (2 * j + 1) == Y
+            u000 += tl.where(fy, u010, 0.0)
+            u001 += tl.where(fy, u011, 0.0)
+            u100 += tl.where(fy, u110, 0.0)
+            u101 += tl.where(fy, u111, 0.0)
+            if 2 * i + 1 == X:
+                u000 += u100
+                u001 += u101
+                u010 += u110
+                u011 += u111
+        p00, p01, p10, p11, m00, m01, m10, m11 = _voxel_blocks(x_ptr, bc, i, j, k, pmask, X, Y, Z, False)
+        tx = x_ptr.dtype.element_ty
+        tl.store(p00, tl.join(u000, u001).to(tx), mask=m00)
+        tl.store(p01, tl.join(u010, u011).to(tx), mask=m01)
+        tl.store(p10, tl.join(u100, u101).to(tx), mask=m10)
+        tl.store(p11, tl.join(u110, u111).to(tx), mask=m11)
 
 
 def _launch_config(plane: int) -> tuple[int, int]:
@@ -351,6 +351,9 @@ def _launch_config(plane: int) -> tuple[int, int]:
 
 
 def _check_triton_device(t: torch.Tensor, fn: str) -> None:
+    if not HAS_TRITON:
+        raise RuntimeError(f"{fn} needs the 'triton' package; use haar_dwt3d_reference/haar_idwt3d_reference "
+                           "or the bsynth_hpc.ops facade, which falls back to them")
     if not t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise RuntimeError(f"{fn}: the Triton kernel needs a CUDA tensor (got device {t.device}); on CPU use "
                            "haar_dwt3d_reference/haar_idwt3d_reference or the bsynth_hpc.ops facade, or set "
@@ -428,7 +431,7 @@ def haar_idwt3d_triton(y: torch.Tensor, output_shape: Sequence[int] | None = Non
 
 
 # ----------------------------------------------------------------------------------------------
-# Two-level helper (WF-VAE stage 2) and module wrappers
+# Two-level helper (WF-VAE stage 2)
 # ----------------------------------------------------------------------------------------------
 def _check_subbands(subbands: Sequence[int] | None) -> tuple[int, ...]:
     if subbands is None:
@@ -477,26 +480,3 @@ def haar_dwt3d_two_level(
         else:
             selected = level1.unflatten(1, (8, C))[:, list(sel)].flatten(1, 2)
     return level1, dwt(selected)
-
-
-def _dispatch_triton(t: torch.Tensor) -> bool:
-    from bsynth_hpc.ops._dispatch import use_triton  # late import: the facade imports this module lazily
-
-    return use_triton(t)
-
-
-class HaarDWT3d(nn.Module):
-    """Module form of the 3D Haar DWT (no parameters): Triton where the facade's dispatch rules
-    choose it (CUDA, or the interpreter), the reference otherwise."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return haar_dwt3d_triton(x) if _dispatch_triton(x) else haar_dwt3d_reference(x)
-
-
-class HaarIDWT3d(nn.Module):
-    """Module form of the inverse 3D Haar DWT; `output_shape` crops odd sizes back."""
-
-    def forward(self, y: torch.Tensor, output_shape: Sequence[int] | None = None) -> torch.Tensor:
-        if _dispatch_triton(y):
-            return haar_idwt3d_triton(y, output_shape)
-        return haar_idwt3d_reference(y, output_shape)

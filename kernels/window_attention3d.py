@@ -1,4 +1,4 @@
-"""3D (shifted-)window multi-head attention: Triton kernels, PyTorch reference, autograd, module.
+"""3D (shifted-)window multi-head attention: Triton kernels, PyTorch reference, autograd.
 
 Op: ``window_attention3d(q, k, v, window_size, shift_size=(0, 0, 0), rel_pos_bias=None, scale=None)``
 with q, k, v of shape (B, heads, X, Y, Z, head_dim); every token attends only to the tokens of its
@@ -16,8 +16,8 @@ Semantics (the reference below is the definition):
     each other (Swin's attention mask: per axis the regions are [0, P-w), [P-w, P-s), [P-s, P) of
     the rolled padded axis of size P). The region mask and the padding mask both apply.
   * ``rel_pos_bias``: dense (heads, N, N) added to every window's scores (window-local token order
-    x-major: n = lx*wy*wz + ly*wz + lz). `WindowAttention3d` builds it from the usual learnable
-    ((2wx-1)(2wy-1)(2wz-1), heads) table and `relative_position_index`.
+    x-major: n = lx*wy*wz + ly*wz + lz). `bsynth_hpc.nn.WindowAttention3d` builds it from the usual
+    learnable ((2wx-1)(2wy-1)(2wz-1), heads) table and `bsynth_hpc.nn.relative_position_index`.
   * ``scale`` defaults to head_dim ** -0.5.
 
 Triton implementation (flash-attention-2 style, fp32 accumulation; fp32/fp16/bf16 inputs):
@@ -47,7 +47,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 try:  # triton is optional: the reference and the module work without it.
     import triton
@@ -60,8 +59,7 @@ __all__ = [
     "window_attention3d_reference",
     "window_attention3d_triton",
     "window_attention3d_mask",
-    "relative_position_index",
-    "WindowAttention3d",
+    "as_int3",
 ]
 
 Int3 = tuple[int, int, int]
@@ -72,7 +70,8 @@ _MAX_HEAD_DIM = 256
 # ----------------------------------------------------------------------------------------------
 # argument checks and shared helpers
 # ----------------------------------------------------------------------------------------------
-def _as_int3(value: Sequence[int], name: str) -> Int3:
+def as_int3(value: Sequence[int], name: str) -> Int3:
+    """`value` as an (x, y, z) int triple; ValueError naming `name` otherwise (shared with the module)."""
     try:
         items = tuple(int(v) for v in value)
         if any(int(v) != v for v in value):
@@ -99,8 +98,8 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size
         raise TypeError(f"window_attention3d: q, k, v must be floating point, got {q.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"window_attention3d: q, k, v devices differ ({q.device}, {k.device}, {v.device})")
-    window = _as_int3(window_size, "window_size")
-    shift = _as_int3(shift_size, "shift_size")
+    window = as_int3(window_size, "window_size")
+    shift = as_int3(shift_size, "shift_size")
     if any(w < 1 for w in window):
         raise ValueError(f"window_attention3d: window_size entries must be >= 1, got {window}")
     if any(s < 0 or s >= w for s, w in zip(shift, window)):
@@ -121,19 +120,6 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size
 
 def _padded(sizes: Sequence[int], window: Int3) -> Int3:
     return tuple(-(-s // w) * w for s, w in zip(sizes, window))  # type: ignore[return-value]
-
-
-def relative_position_index(window_size: Sequence[int]) -> torch.Tensor:
-    """(N, N) long index into a ((2wx-1)(2wy-1)(2wz-1), heads) table: the Video-Swin relative index.
-
-    Entry [i, j] encodes the offset (coords_i - coords_j) of window-local tokens i, j (x-major order).
-    """
-    wx, wy, wz = _as_int3(window_size, "window_size")
-    coords = torch.stack(torch.meshgrid(torch.arange(wx), torch.arange(wy), torch.arange(wz), indexing="ij"))
-    coords = coords.flatten(1)                                   # (3, N)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (N, N, 3)
-    rel = rel + torch.tensor([wx - 1, wy - 1, wz - 1])
-    return rel[..., 0] * (2 * wy - 1) * (2 * wz - 1) + rel[..., 1] * (2 * wz - 1) + rel[..., 2]
 
 
 def _partition(t: torch.Tensor, window: Int3) -> torch.Tensor:
@@ -194,7 +180,7 @@ def window_attention3d_mask(grid: Sequence[int], window_size: Sequence[int], shi
     """(nW, N, N) bool: key j may be attended by query i of window w (region mask & real key, plus the
     diagonal so padded queries stay finite). Windows in x-major order on the rolled, padded grid.
     The tensor is cached per (grid, window, shift, device): treat it as read-only."""
-    args = (_as_int3(grid, "grid"), _as_int3(window_size, "window_size"), _as_int3(shift_size, "shift_size"))
+    args = (as_int3(grid, "grid"), as_int3(window_size, "window_size"), as_int3(shift_size, "shift_size"))
     if torch.compiler.is_compiling():  # traced once into the graph as constants; no cache needed
         return _build_mask(*args).to(device)
     return _cached_mask(*args, torch.device(device))
@@ -746,65 +732,3 @@ def window_attention3d_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     cfg = _launch_config(window[0] * window[1] * window[2], q.shape[-1], block_m, block_n)
     return _WindowAttention3dFunction.apply(q, k, v, rel_pos_bias, window, shift, scale, cfg)
-
-
-# ----------------------------------------------------------------------------------------------
-# module wrapper
-# ----------------------------------------------------------------------------------------------
-class WindowAttention3d(nn.Module):
-    """Multi-head self-attention in (shifted) 3D windows over channels-last tokens (B, X, Y, Z, C).
-
-    qkv projection -> `bsynth_hpc.ops.window_attention3d` (Triton on CUDA, reference elsewhere) with
-    a learnable relative-position bias table ((2wx-1)(2wy-1)(2wz-1), heads) -> output projection.
-    The q/k/v views of the fused projection are passed without copies (the kernel takes strides).
-    """
-
-    def __init__(self, dim: int, num_heads: int, window_size: Sequence[int], shift_size: Sequence[int] = (0, 0, 0),
-                 qkv_bias: bool = True, rel_pos_bias: bool = True, scale: float | None = None) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"WindowAttention3d: dim {dim} is not divisible by num_heads {num_heads}")
-        self.dim, self.num_heads = dim, num_heads
-        self.window_size = _as_int3(window_size, "window_size")
-        self.shift_size = _as_int3(shift_size, "shift_size")
-        if any(s < 0 or s >= w for s, w in zip(self.shift_size, self.window_size)):
-            raise ValueError(f"WindowAttention3d: need 0 <= shift_size < window_size, got {self.shift_size} "
-                             f"for {self.window_size}")
-        self.scale = scale
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        wx, wy, wz = self.window_size
-        if rel_pos_bias:
-            self.relative_position_bias_table = nn.Parameter(
-                torch.zeros((2 * wx - 1) * (2 * wy - 1) * (2 * wz - 1), num_heads))
-            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-            self.register_buffer("relative_position_index", relative_position_index(self.window_size),
-                                 persistent=False)
-        else:
-            self.relative_position_bias_table = None
-
-    def relative_position_bias(self) -> torch.Tensor | None:
-        """(heads, N, N) bias gathered from the table (None without a table)."""
-        if self.relative_position_bias_table is None:
-            return None
-        n = self.relative_position_index.shape[0]
-        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
-        return bias.reshape(n, n, self.num_heads).permute(2, 0, 1).contiguous()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from bsynth_hpc import ops  # lazy: the facade imports this module lazily too
-
-        if x.dim() != 5 or x.shape[-1] != self.dim:
-            raise ValueError(f"WindowAttention3d: expected (B, X, Y, Z, {self.dim}) tokens, got {tuple(x.shape)}")
-        b, gx, gy, gz, c = x.shape
-        hd = c // self.num_heads
-        qkv = self.qkv(x).view(b, gx, gy, gz, 3, self.num_heads, hd).permute(4, 0, 5, 1, 2, 3, 6)
-        q, k, v = qkv.unbind(0)                                   # (B, H, X, Y, Z, hd) views
-        bias = self.relative_position_bias()  # kept in the table's dtype: both paths add it in fp32
-        out = ops.window_attention3d(q, k, v, self.window_size, self.shift_size, bias, self.scale)
-        out = out.permute(0, 2, 3, 4, 1, 5).reshape(b, gx, gy, gz, c)
-        return self.proj(out)
-
-    def extra_repr(self) -> str:
-        return (f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, "
-                f"shift_size={self.shift_size}")

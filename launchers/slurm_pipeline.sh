@@ -1,4 +1,4 @@
-# Helpers for the STAGE=pipeline mode of launchers/*.slurm (sourced; not submitted on its own).
+# Helpers for the STAGE=pipeline mode of launchers/*.slurm (sourced by launchers/slurm_recipe.sh; not submitted on its own).
 #
 # submit_chain SCRIPT STAGE... submits one job per stage, each depending (afterok) on the one
 # before; the last stage (sampling/evaluation) runs on one node with one task. SBATCH_ARGS (space
@@ -60,18 +60,8 @@ weights_in_dir() {
 
 # global_batch CONFIG WORLD: "B = micro x accum x WORLD" as the engine will run CONFIG on WORLD ranks
 global_batch() {
-    "$PYTHON" - "$1" "$2" 2>/dev/null <<'PY' || echo "unknown (bsynth_hpc not importable here)"
-import sys
-from bsynth_hpc.engine.config import read_yaml
-from bsynth_hpc.engine.config import EngineConfig
-from bsynth_hpc.engine.configtools import from_mapping
-engine = from_mapping(EngineConfig, dict(read_yaml(sys.argv[1]).get("engine") or {}), "engine")
-world = int(sys.argv[2])
-layout = engine.batch_layout(world) or {"micro_batch": engine.micro_batch, "grad_accum": engine.grad_accum}
-m, a = layout["micro_batch"], layout["grad_accum"]
-stated = f" (engine.global_batch {engine.global_batch})" if engine.global_batch else " (engine.global_batch unset)"
-print(f"{m * a * world} = {m} x {a} x {world}{stated}")
-PY
+    "$PYTHON" "${BSYNTH_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}/launchers/slurm_query.py" global-batch "$1" "$2" 2>/dev/null \
+        || echo "unknown (bsynth_hpc not importable here)"
 }
 
 validate_chain() {

@@ -1,7 +1,7 @@
-# Common body of launchers/*.slurm (sourced by them; not submitted on its own).
+# The training job of launchers/*.slurm (sourced by launchers/slurm_recipe.sh; not submitted on its own):
+# srun launchers/train.py STAGE on every task.
 #
-# Expects: LAUNCHER (script under launchers/), STAGE, CONFIG, STORE, RUN_DIR, EXTRA_ARGS (key=value
-# overrides, space separated). Optional: PYTHON (default python), MAX_RESTARTS (default 10),
+# Expects: STAGE, CONFIG, STORE, RUN_DIR, EXTRA_ARGS (key=value overrides, space separated). Optional: PYTHON (default python), MAX_RESTARTS (default 10),
 # MASTER_PORT (default derived from the job id).
 #
 # What it does:
@@ -51,7 +51,7 @@ trap 'forward_signal SIGTERM' TERM
 
 LAUNCHED_AT=$(date +%s)
 # shellcheck disable=SC2086  # EXTRA_ARGS is a list of key=value words
-srun --kill-on-bad-exit=1 "$PYTHON" "launchers/$LAUNCHER" "$STAGE" --config "$CONFIG" --store "$STORE" \
+srun --kill-on-bad-exit=1 "$PYTHON" launchers/train.py "$STAGE" --config "$CONFIG" --store "$STORE" \
      --run-dir "$RUN_DIR" --resume auto $EXTRA_ARGS &
 SRUN_PID=$!
 rc=0

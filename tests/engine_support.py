@@ -120,7 +120,7 @@ def counting_stage() -> type:
     import torch
 
     from bsynth_hpc.engine.registry import register_stage
-    from bsynth_hpc.recipes.smoke import SmokeDenoiserStage
+    from smoke_recipe import SmokeDenoiserStage
 
     class CountingDenoiser(SmokeDenoiserStage):
         name = "test-counting-denoiser"

@@ -11,7 +11,7 @@ from benchmarks import data_throughput as bench
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from bsynth_hpc.prep.demo_cohort import build_demo_cohort
+    from bsynth_hpc.prep.demo import build_demo_cohort
 
     root = tmp_path_factory.mktemp("bench")
     manifest = build_demo_cohort(root / "cohort", n_subjects=2, spacing_mm=8.0, seed=3)

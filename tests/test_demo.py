@@ -1,10 +1,12 @@
 """`bsynth demo`: the shared demo machinery (steps, timings, summary, manifest filter, latent-grid fit,
-option checks) on its own, and `bsynth demo --recipe dit3d` end to end at the smallest size that runs
-every step (8 mm grid, 8 demo-epilepsy subjects, a few training steps)."""
+option checks) on its own, dispatch through the registered Recipe, and `bsynth demo --recipe dit3d`
+end to end at the smallest size that runs every step (8 mm grid, 8 demo-epilepsy subjects, a few
+training steps)."""
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +14,10 @@ import pytest
 
 from bsynth_hpc import demo as demo_mod
 from bsynth_hpc.cli import build_parser, main
+from bsynth_hpc.engine.registry import get_recipe
 from bsynth_hpc.errors import ConfigError
+from bsynth_hpc.recipes.common import demo as common_demo
+from bsynth_hpc.recipes.dit3d import demo as dit3d_demo
 
 
 def test_demo_parser_keeps_wfdm_the_default():
@@ -27,16 +32,26 @@ def test_demo_parser_keeps_wfdm_the_default():
 
 def test_run_demo_defaults_and_checks(monkeypatch):
     seen = {}
-    monkeypatch.setitem(demo_mod.RUNNERS, "dit3d", lambda a: seen.setdefault("subjects", a.subjects) and 0)
-    assert demo_mod.run_demo(build_parser().parse_args(["demo", "--recipe", "dit3d"])) == 0
-    assert seen["subjects"] == demo_mod.DEFAULT_SUBJECTS["dit3d"] == 40
+    parser = build_parser()
+    real = get_recipe("dit3d")
+    stub = dataclasses.replace(real.load("demo"), run=lambda a: seen.setdefault("subjects", a.subjects) and 0)
+    monkeypatch.setattr(demo_mod, "get_recipe", lambda name: dataclasses.replace(real, demo=stub))
+    assert demo_mod.run_demo(parser.parse_args(["demo", "--recipe", "dit3d"])) == 0
+    assert seen["subjects"] == dit3d_demo.DEMO.default_subjects == 40
     with pytest.raises(ConfigError, match="STAGE:key=value"):
-        demo_mod.run_demo(build_parser().parse_args(["demo", "--recipe", "dit3d", "--override", "max_steps=3"]))
+        demo_mod.run_demo(parser.parse_args(["demo", "--recipe", "dit3d", "--override", "max_steps=3"]))
+
+
+def test_demo_is_the_registered_recipe_demo():
+    """`bsynth demo --recipe R` runs get_recipe(R).demo; the chains live in the recipe packages."""
+    assert get_recipe("dit3d").load("demo") is dit3d_demo.DEMO
+    assert get_recipe("wfdm").load("demo").default_subjects == 16
+    assert get_recipe("wfdm").load("demo").run.__module__ == "bsynth_hpc.recipes.wfdm.demo"
 
 
 def test_demo_steps_timings_and_summary(tmp_path, capsys):
     args = argparse.Namespace(recipe="dit3d", out=str(tmp_path / "out"), func=print, subjects=2)
-    d = demo_mod.Demo(args, 2)
+    d = common_demo.Demo(args, 2)
     with d.step("first", "one"):
         pass
     with d.step("second", "two"):
@@ -44,7 +59,7 @@ def test_demo_steps_timings_and_summary(tmp_path, capsys):
     assert d.finish(0, [("store", "s"), ("samples", "x")]) == 0
     out = capsys.readouterr().out
     assert "[1/2] one" in out and "[2/2] two" in out and "demo finished in" in out
-    summary = json.loads((tmp_path / "out" / demo_mod.SUMMARY_NAME).read_text())
+    summary = json.loads((tmp_path / "out" / common_demo.SUMMARY_NAME).read_text())
     assert list(summary["step_seconds"]) == ["first", "second"] and summary["options"]["subjects"] == 2
     assert summary["recipe"] == "dit3d" and summary["exit_code"] == 0 and "func" not in summary["options"]
 
@@ -52,16 +67,16 @@ def test_demo_steps_timings_and_summary(tmp_path, capsys):
 def test_filter_manifest_and_latent_grid(tmp_path):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("subject,modality,path\ns1,T1w,a.nii.gz\ns1,FLAIR,b.nii.gz\ns2,T1w,c.nii.gz\n")
-    out = demo_mod._filter_manifest(manifest, ["T1w"])
+    out = common_demo.filter_manifest(manifest, ["T1w"])
     with out.open(newline="") as fh:
         assert [r["path"] for r in csv.DictReader(fh)] == ["a.nii.gz", "c.nii.gz"]
     with pytest.raises(ConfigError):
-        demo_mod._filter_manifest(manifest, ["T2w"])
+        common_demo.filter_manifest(manifest, ["T2w"])
     # 4 mm: 48x56x40 / 4 = 12x14x10 tiles into 2x2x2 patches; 8 mm needs a factor of 2
-    assert demo_mod.fit_latent_grid(4.0) == [] and demo_mod.fit_latent_grid(2.0) == []
-    assert demo_mod.fit_latent_grid(8.0) == ["recipe.downsample_factor=2"]
-    assert demo_mod.study_slices(4.0) == 34 and demo_mod.study_slices(8.0) == 17
-    assert sum(demo_mod.DIT3D_SPLITS) == pytest.approx(1.0)
+    assert dit3d_demo.fit_latent_grid(4.0) == [] and dit3d_demo.fit_latent_grid(2.0) == []
+    assert dit3d_demo.fit_latent_grid(8.0) == ["recipe.downsample_factor=2"]
+    assert dit3d_demo.study_slices(4.0) == 34 and dit3d_demo.study_slices(8.0) == 17
+    assert sum(dit3d_demo.DIT3D_SPLITS) == pytest.approx(1.0)
 
 
 def test_demo_dit3d_end_to_end(tmp_path, monkeypatch):   # ~25 s of CPU on one core
@@ -96,7 +111,7 @@ def test_demo_dit3d_end_to_end(tmp_path, monkeypatch):   # ~25 s of CPU on one c
     assert report["config"]["arch"] == "tiny" and report["config"]["modality"] == "T1w"
     assert report["data"]["n_synthetic_pool"] == 4 and report["config"]["n_slices"] == 17
     assert "AUC-ROC" in (out / "study" / "metrics.md").read_text()
-    summary = json.loads((out / demo_mod.SUMMARY_NAME).read_text())
+    summary = json.loads((out / common_demo.SUMMARY_NAME).read_text())
     assert list(summary["step_seconds"]) == ["cohort", "prep", "dit3d-vae", "encode", "dit3d", "sample", "study"]
     assert summary["exit_code"] == 0 and summary["study"]["arch"] == "tiny"
 
@@ -108,7 +123,7 @@ def test_demo_wfdm_end_to_end(tmp_path, monkeypatch):   # ~50 s of CPU: the READ
     for stage in ("wfdm-vae", "wfdm-ldm"):
         argv += ["--override", f"{stage}:engine.max_steps=2", "--override", f"{stage}:engine.val_every=0"]
     assert main(argv) == 0
-    summary = json.loads((out / demo_mod.SUMMARY_NAME).read_text())
+    summary = json.loads((out / common_demo.SUMMARY_NAME).read_text())
     assert summary["recipe"] == "wfdm" and summary["options"]["subjects"] == 6
     assert list(summary["step_seconds"]) == ["cohort", "prep", "wfdm-vae", "encode", "wfdm-ldm", "sample", "eval"]
     assert (out / "samples" / "samples.csv").is_file()

@@ -3,6 +3,7 @@ determinism and the BraTS / 2D-slice exporters, checked on a tiny coarse cohort.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from collections import defaultdict
@@ -15,15 +16,22 @@ from nibabel.affines import apply_affine
 from nibabel.processing import resample_from_to
 from PIL import Image
 
+from bsynth_hpc.data.metadata import FIELD_NAMES, FIELDS
 from bsynth_hpc.errors import ConfigError, InputError, ManifestError
-from bsynth_hpc.prep import demo_anatomy as da
-from bsynth_hpc.prep import demo_cohort as dc
+from bsynth_hpc.prep import demo as dc
+from bsynth_hpc.prep.demo import demographics
+from bsynth_hpc.prep.demo.acquisition import Acquisition, acquire, reorient
+from bsynth_hpc.prep.demo.anatomy import sample_anatomy
+from bsynth_hpc.prep.demo.contrast import SIGNALS, render_contrast
+from bsynth_hpc.prep.demo.deformation import LocalScaling, Warp
+from bsynth_hpc.prep.demo.labels import ROI_LABELS, ROI_NAMES, roi_ratios
+from bsynth_hpc.prep.demo.template import load_template, subject_grid
 
 SPACING = 4.0
 N_SUBJECTS = 6      # covers all 5 acquisition protocols and both labels of all 3 datasets
 SEED = 3
-CSF_LABELS = (da.ROI_LABELS["ventricle_l"], da.ROI_LABELS["ventricle_r"])  # PV-robust at 4 mm
-GM_LABELS = (2,) + tuple(da.ROI_LABELS[n] for n in da.ROI_NAMES if not n.startswith("ventricle"))
+CSF_LABELS = (ROI_LABELS["ventricle_l"], ROI_LABELS["ventricle_r"])  # PV-robust at 4 mm
+GM_LABELS = (2,) + tuple(ROI_LABELS[n] for n in ROI_NAMES if not n.startswith("ventricle"))
 WM_LABELS = (3,)
 
 
@@ -155,20 +163,20 @@ def test_enhancement_only_in_tumour_and_on_t1gd(cohort: tuple[Path, list[dict[st
             assert oedema > 1.3 * wm          # and T2-bright
     assert non_ras, "the tumour subject should exercise a non-RAS file (PROTOCOLS cycle)"
     # the signal model itself: without a tumour, no T1Gd voxel exceeds white matter
-    tpl = da.load_template(2.0)
-    grid = da.subject_grid(tpl, 2.0)
-    warp = da.Warp(centre=tpl.brain_centre_mm, linear=np.eye(3), field_seed=1)
-    healthy = da.sample_anatomy(tpl, grid, warp)
-    wm_signal = da.SIGNALS["T1Gd"]["wm"]
-    assert np.percentile(da.render_contrast(healthy, "T1Gd"), 99.99) < 1.15 * wm_signal
+    tpl = load_template(2.0)
+    grid = subject_grid(tpl, 2.0)
+    warp = Warp(centre=tpl.brain_centre_mm, linear=np.eye(3), field_seed=1)
+    healthy = sample_anatomy(tpl, grid, warp)
+    wm_signal = SIGNALS["T1Gd"]["wm"]
+    assert np.percentile(render_contrast(healthy, "T1Gd"), 99.99) < 1.15 * wm_signal
 
 
 def test_rician_background_matches_rayleigh() -> None:
     """Zero signal through the scanner model gives Rayleigh noise: mean = sigma sqrt(pi/2)."""
     grid = np.diag([2.0, 2.0, 2.0, 1.0])
-    acq = da.Acquisition(shape=(40, 40, 40), spacing=(2.0, 2.0, 2.0), centre_mm=np.zeros(3),
+    acq = Acquisition(shape=(40, 40, 40), spacing=(2.0, 2.0, 2.0), centre_mm=np.zeros(3),
                          pose=np.eye(4), storage="float32", gain=100.0, noise=0.05, seed=7)
-    img = da.acquire(np.zeros((30, 30, 30), np.float32), grid, acq, reference_level=1.0)
+    img = acquire(np.zeros((30, 30, 30), np.float32), grid, acq, reference_level=1.0)
     data = np.asarray(img.dataobj, dtype=np.float64) / 100.0
     assert data.mean() == pytest.approx(0.05 * math.sqrt(math.pi / 2), rel=0.03)
     assert img.get_data_dtype() == np.float32
@@ -181,20 +189,20 @@ def test_reorient_keeps_world_coordinates(codes: str) -> None:
     data = rng.random((5, 6, 7)).astype(np.float32)
     affine = np.diag([1.5, 2.0, 3.0, 1.0])
     affine[:3, 3] = [-4.0, 10.0, 2.5]
-    out, out_aff = da.reorient(data, affine, codes)
+    out, out_aff = reorient(data, affine, codes)
     assert "".join(nib.aff2axcodes(out_aff)) == codes
     for ijk in rng.integers(0, out.shape, size=(20, 3)):
         world = apply_affine(out_aff, ijk)
         src = np.rint(apply_affine(np.linalg.inv(affine), world)).astype(int)
         assert out[tuple(ijk)] == data[tuple(src)]
     with pytest.raises(ConfigError):
-        da.reorient(data, affine, "LLS")
+        reorient(data, affine, "LLS")
 
 
 @pytest.mark.parametrize("factor", [0.2, 0.7, 2.0, 6.0])
 def test_local_scaling_is_one_to_one_with_closed_form_core(factor: float) -> None:
     axes = np.diag([6.0, 18.0, 7.0])
-    s = da.LocalScaling(np.zeros(3), axes, factor)
+    s = LocalScaling(np.zeros(3), axes, factor)
     # along a ray through the centre, the radial map must be strictly increasing (no folding)
     for direction in np.eye(3):
         r = np.linspace(0.0, 80.0, 4001, dtype=np.float32)
@@ -206,7 +214,7 @@ def test_local_scaling_is_one_to_one_with_closed_form_core(factor: float) -> Non
                     for k in range(3)])
     assert 1.0 / np.linalg.det(jac) == pytest.approx(factor, rel=1e-3)
     with pytest.raises(ConfigError):
-        da.LocalScaling(np.zeros(3), axes, 10.0)
+        LocalScaling(np.zeros(3), axes, 10.0)
 
 
 # ------------------------------------------------------------------------------ clinical vector
@@ -216,14 +224,14 @@ def test_roi_ratios_are_measured_on_the_label_maps(
     for r in rows:
         dseg = np.asarray(_dseg(manifest.parent, r).dataobj)
         brain = np.count_nonzero(dseg)
-        for name in da.ROI_NAMES:
-            expected = np.count_nonzero(dseg == da.ROI_LABELS[name]) / brain
+        for name in ROI_NAMES:
+            expected = np.count_nonzero(dseg == ROI_LABELS[name]) / brain
             assert float(r[f"roi_{name}"]) == pytest.approx(expected, rel=1e-9)
         # plausible magnitudes (MNI152 brain ~1.9 l: hippocampus ~2.6 ml, ventricle ~9 ml)
         assert 2e-4 < float(r["roi_hippocampus_l"]) < 4e-3
         assert 1e-3 < float(r["roi_ventricle_r"]) < 3e-2
     with pytest.raises(InputError):
-        da.roi_ratios(np.zeros((4, 4, 4), np.uint8))
+        roi_ratios(np.zeros((4, 4, 4), np.uint8))
 
 
 def _per_subject(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
@@ -260,6 +268,13 @@ def test_disease_effects(cohort: tuple[Path, list[dict[str, str]]]) -> None:
 
 
 # ------------------------------------------------------------------------------ metadata
+def test_metadata_vocabulary_is_the_schema() -> None:
+    """The manifest's metadata columns and categories are bsynth_hpc.data.metadata's, not a copy."""
+    assert dc.META_FIELDS == FIELD_NAMES
+    assert dc.CATEGORIES == {f.name: f.categories for f in FIELDS if f.kind == "categorical"}
+    assert dc.MANIFEST_COLUMNS[-len(FIELD_NAMES):] == FIELD_NAMES
+
+
 def test_metadata_vocabulary_consistency_and_missingness() -> None:
     plans = dc.plan_cohort(240, seed=11)
     empties: dict[str, int] = defaultdict(int)
@@ -278,7 +293,7 @@ def test_metadata_vocabulary_consistency_and_missingness() -> None:
         if meta["height"] and meta["weight"] and meta["bmi"]:
             bmi = float(meta["weight"]) / (float(meta["height"]) / 100) ** 2
             assert float(meta["bmi"]) == pytest.approx(bmi, abs=0.051)
-        for name in dc._ABSENT[p.dataset]:
+        for name in demographics._ABSENT[p.dataset]:
             assert meta[name] == ""
         case = p.label == dc.DATASET_LABELS[p.dataset][1]
         if p.dataset == "demo-epilepsy":
@@ -300,6 +315,35 @@ def test_metadata_vocabulary_consistency_and_missingness() -> None:
 
 
 # ------------------------------------------------------------------------------ determinism
+COHORT_DIGEST = "368b7bb2492a658ebd49fe059eff5808d2b4f4ad9fe0cf7bcf3b83aa931520af"
+"""sha256 over the ``cohort`` fixture (6 subjects, 4 mm, seed 3): every file's relative path, each
+NIfTI's dtype, shape, voxel array and header block, every other file's bytes.  Computed with the
+generator as it stood before it moved into ``bsynth_hpc.prep.demo`` (``data_prep/demo_anatomy.py``
++ ``demo_cohort.py``): the split must not change one voxel."""
+
+
+def _cohort_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode())
+        if path.name.endswith(".nii.gz"):
+            img = nib.load(path)
+            arr = np.ascontiguousarray(np.asanyarray(img.dataobj))
+            h.update(str(arr.dtype).encode())
+            h.update(repr(arr.shape).encode())
+            h.update(arr.tobytes())
+            h.update(img.header.binaryblock)
+        else:
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_cohort_is_bit_identical_to_the_pre_split_generator(
+        cohort: tuple[Path, list[dict[str, str]]]) -> None:
+    manifest, _ = cohort
+    assert _cohort_digest(manifest.parent) == COHORT_DIGEST
+
+
 def test_same_seed_same_bytes_any_workers(cohort: tuple[Path, list[dict[str, str]]],
                                           tmp_path: Path) -> None:
     manifest, rows = cohort

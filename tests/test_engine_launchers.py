@@ -1,8 +1,10 @@
-"""Launch scripts: SLURM batch scripts (with fake srun/scontrol), the single-GPU wrapper, train_*.py."""
+"""Launch scripts: SLURM batch scripts (with fake srun/scontrol), the single-GPU wrapper, train.py and its aliases."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -10,10 +12,14 @@ import time
 
 import pytest
 
-from engine_support import REPO, explain, run, subprocess_env
+import yaml
+
+from bsynth_hpc.engine.registry import get_recipe
+from engine_support import REPO, explain, make_store, metrics, run, subprocess_env, write_config
 
 LAUNCHERS = REPO / "launchers"
 SLURM_SCRIPTS = ("wfdm.slurm", "dit3d.slurm")
+SHELL_LIBRARIES = ("slurm_recipe.sh", "slurm_pipeline.sh", "slurm_train.sh", "single_gpu.sh")
 
 FAKE_SRUN = r"""#!/usr/bin/env bash
 # Records its command line and rendezvous variables, writes status.json like the engine, exits FAKE_RC.
@@ -46,14 +52,16 @@ def fake_slurm(tmp_path):
     for name, body in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update({"PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "FAKE_LOG": str(log), "SLURM_JOB_ID": "4242",
+    # the fake cluster trains nothing: the scripts only ask bsynth_hpc for the recipe (no test plug-ins needed)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "BSYNTH_PLUGINS"}
+    env.update({"PYTHON": sys.executable,
+                "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "FAKE_LOG": str(log), "SLURM_JOB_ID": "4242",
                 "SLURM_JOB_NODELIST": "node[01-02]", "SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_NUM_NODES": "2",
                 "RUN_DIR": str(tmp_path / "run")})
     return env, log
 
 
-@pytest.mark.parametrize("script", SLURM_SCRIPTS + ("slurm_train.sh", "single_gpu.sh"))
+@pytest.mark.parametrize("script", SLURM_SCRIPTS + SHELL_LIBRARIES)
 def test_scripts_pass_bash_syntax_check(script):
     proc = subprocess.run(["bash", "-n", str(LAUNCHERS / script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -71,18 +79,18 @@ def test_slurm_directives(script):
                                                                        directives)
 
 
-@pytest.mark.parametrize("script, launcher, stage, config", [
-    ("wfdm.slurm", "train_wfdm.py", "wfdm-ldm", "configs/wfdm-ldm.yaml"),
-    ("wfdm.slurm", "train_wfdm.py", "wfdm-vae", "configs/wfdm-vae.yaml"),
-    ("dit3d.slurm", "train_dit3d.py", "dit3d", "configs/dit3d_tle.yaml"),
-    ("dit3d.slurm", "train_dit3d.py", "dit3d-vae", "configs/dit3d-vae.yaml")])
-def test_slurm_script_builds_the_srun_command(fake_slurm, script, launcher, stage, config):
+@pytest.mark.parametrize("script, stage, config", [
+    ("wfdm.slurm", "wfdm-ldm", "configs/wfdm-ldm.yaml"),
+    ("wfdm.slurm", "wfdm-vae", "configs/wfdm-vae.yaml"),
+    ("dit3d.slurm", "dit3d", "configs/dit3d_tle.yaml"),
+    ("dit3d.slurm", "dit3d-vae", "configs/dit3d-vae.yaml")])
+def test_slurm_script_builds_the_srun_command(fake_slurm, script, stage, config):
     env, log = fake_slurm
     env["STAGE"] = stage
     proc = subprocess.run(["bash", str(LAUNCHERS / script)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     args = (log / "srun_args").read_text().split("\n")
-    assert args[:3] == ["--kill-on-bad-exit=1", "python", f"launchers/{launcher}"]
+    assert args[:3] == ["--kill-on-bad-exit=1", sys.executable, "launchers/train.py"]
     assert args[3] == stage and "--resume" in args and args[args.index("--resume") + 1] == "auto"
     assert args[args.index("--config") + 1] == config and (REPO / config).is_file()
     assert (log / "srun_env").read_text().strip() == f"MASTER_ADDR=node01 MASTER_PORT={20000 + 4242}"
@@ -221,10 +229,130 @@ def test_train_launchers_default_stage_and_help(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("engine: {max_steps: 1}\n")
     proc = run([sys.executable, str(LAUNCHERS / "train_wfdm.py"), "no-such-stage", "--config", str(config),
-                "--run-dir", str(tmp_path / "r")], env=subprocess_env())
+                "--run-dir", str(tmp_path / "r")], env=_smoke_env())
     assert proc.returncode == 2, explain(proc)
     assert "unknown stage 'no-such-stage'" in proc.stderr and "smoke-denoiser, smoke-vaegan" in proc.stderr
-    for script, default in (("train_dit3d.py", "dit3d"), ("train_wfdm.py", "wfdm-ldm")):
+    for script, recipe, default in (("train_dit3d.py", "dit3d", "dit3d"), ("train_wfdm.py", "wfdm", "wfdm-ldm")):
+        assert get_recipe(recipe).default_stage == default   # the alias's default is the recipe's
         proc = run([sys.executable, str(LAUNCHERS / script), "--help"], env=subprocess_env(), cwd=tmp_path)
         assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {script}")
         assert f"else {default})" in " ".join(proc.stdout.split())
+    proc = run([sys.executable, str(LAUNCHERS / "train.py"), "--help"], env=subprocess_env(), cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: train.py") and "else " not in proc.stdout
+
+
+def _smoke_env() -> dict[str, str]:
+    """Subprocess environment with the test-only smoke recipe registered (tests/smoke_recipe.py)."""
+    path = os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    return subprocess_env(BSYNTH_PLUGINS="smoke_recipe", PYTHONPATH=path)
+
+
+def test_train_py_trains_a_stage_for_a_few_steps(tmp_path):
+    store = make_store(tmp_path / "store.zarr", n_subjects=4)
+    config = write_config(tmp_path / "c.yaml", "smoke-denoiser")
+    proc = run([sys.executable, str(LAUNCHERS / "train.py"), "smoke-denoiser", "--config", str(config), "--store",
+                str(store), "--run-dir", str(tmp_path / "run"), "--max-steps", "2"], env=_smoke_env(), cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    assert [m["step"] for m in metrics(tmp_path / "run") if "loss/denoiser" in m] == [1, 2]
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 2
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["stage"] == "smoke-denoiser"
+
+
+def test_recipe_alias_trains_the_recipes_default_stage(tmp_path):
+    """What train_<recipe>.py does (main(recipe=...)), for the smoke recipe: no STAGE, no `stage:` in the
+    config -> the Recipe's default_stage trains."""
+    store = make_store(tmp_path / "store.zarr", n_subjects=4)
+    cfg = yaml.safe_load(write_config(tmp_path / "c.yaml", "smoke-vaegan").read_text())
+    del cfg["stage"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    alias = (f"import sys; sys.path.insert(0, {str(LAUNCHERS)!r}); from train import main; "
+             "sys.exit(main(recipe='smoke'))")
+    proc = run([sys.executable, "-c", alias, "--config", str(tmp_path / "c.yaml"), "--store", str(store),
+                "--run-dir", str(tmp_path / "run"), "--max-steps", "2"], env=_smoke_env(), cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["stage"] == "smoke-vaegan" and json.loads((tmp_path / "run" / "status.json").read_text())["step"] == 2
+    proc = run([sys.executable, "-c", alias.replace("'smoke'", "'no-such-recipe'"), "--run-dir", str(tmp_path / "r")],
+               env=_smoke_env(), cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown recipe 'no-such-recipe'" in proc.stderr, explain(proc)
+
+
+def _chain_in_bash(recipe: str) -> dict[str, list[str]]:
+    """The arrays launchers/slurm_query.py gives the shell, as bash sees them after eval."""
+    script = (f'eval "$({shlex.quote(sys.executable)} launchers/slurm_query.py chain {recipe})" || exit 9; '
+              'echo "$DEFAULT_STAGE"; for a in CHAIN_NAMES CHAIN_KINDS CHAIN_STAGES CHAIN_CONFIGS; do '
+              'n="$a[@]"; printf "%s|" "${!n}"; echo; done')
+    proc = subprocess.run(["bash", "-c", script], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    default, *arrays = proc.stdout.splitlines()
+    keys = ("names", "kinds", "stages", "configs")
+    return {"default": [default], **{k: line.split("|")[:-1] for k, line in zip(keys, arrays)}}
+
+
+@pytest.mark.parametrize("recipe", ["wfdm", "dit3d"])
+def test_slurm_scripts_read_the_chain_from_the_recipe(recipe):
+    ref = get_recipe(recipe)
+    chain = _chain_in_bash(recipe)
+    assert chain["default"] == [ref.default_stage]
+    assert chain["names"] == [step.name for step in ref.pipeline]
+    assert chain["kinds"] == [step.kind for step in ref.pipeline]
+    assert chain["stages"] == [step.stage or "" for step in ref.pipeline]
+    assert chain["configs"] == [f"configs/{ref.configs[step.stage]['full']}" if step.stage else ""
+                                for step in ref.pipeline]
+    assert all((REPO / c).is_file() for c in chain["configs"] if c)
+
+
+@pytest.mark.parametrize("script, recipe, latents", [("wfdm.slurm", "wfdm", "runs/latents.zarr"),
+                                                     ("dit3d.slurm", "dit3d", "runs/latents_dit3d.zarr")])
+def test_slurm_script_default_stage_trains_on_the_latents(fake_slurm, script, recipe, latents):
+    env, log = fake_slurm
+    env.pop("STAGE", None)
+    env.pop("RUN_DIR")
+    env["RUNS"] = "runs"
+    env["EXTRA_ARGS"] = "engine.max_steps=7"
+    proc = subprocess.run(["bash", str(LAUNCHERS / script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    args = (log / "srun_args").read_text().split("\n")
+    default = get_recipe(recipe).default_stage
+    assert args[3] == default and args[args.index("--run-dir") + 1] == f"runs/{default}"
+    assert args[-3:-1] == [f"recipe.latents={latents}", "engine.max_steps=7"], args
+
+
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# `python -m ...` (the encode/sample/eval/study commands): recorded; anything else: the real interpreter
+if [ "$1" = "-m" ]; then echo "$*" >> "$FAKE_LOG/python"; exit 0; fi
+exec "$REAL_PYTHON" "$@"
+"""
+
+
+@pytest.mark.parametrize("script, stage, commands", [
+    ("wfdm.slurm", "encode", ["-m bsynth_hpc.cli encode --run runs/wfdm-vae --store S --out runs/latents.zarr "
+                              "--batch-size 1"]),
+    ("dit3d.slurm", "encode", ["-m bsynth_hpc.cli encode --run runs/dit3d-vae --store S --out "
+                               "runs/latents_dit3d.zarr --batch-size 1"]),
+    ("wfdm.slurm", "sample-eval", [
+        "-m bsynth_hpc.cli sample wfdm --run runs/wfdm-ldm --n 3 --modality all --out runs/samples --batch-size 2 --x",
+        "-m bsynth_hpc.cli eval synth --real S --fake runs/samples --out runs/eval/synth --y",
+        "-m bsynth_hpc.cli eval recon --run runs/wfdm-vae --store S --out runs/eval/recon"]),
+    ("dit3d.slurm", "sample-study", [
+        "-m bsynth_hpc.cli sample dit3d --run runs/dit3d --n 3 --cfg 3.0 --out runs/samples_dit3d --batch-size 4 --x",
+        "-m bsynth_hpc.cli study augment --store S --synthetic runs/samples_dit3d --out runs/study --y"]),
+])
+def test_slurm_encode_and_finishing_jobs(fake_slurm, tmp_path, script, stage, commands):
+    """encode runs under srun with the compressor's run; the finishing job runs the recipe's own commands."""
+    env, log = fake_slurm
+    fake_python = tmp_path / "bin" / "fake-python"
+    fake_python.write_text(FAKE_PYTHON)
+    fake_python.chmod(0o755)
+    env.update(STAGE=stage, STORE="S", RUNS="runs", N_SAMPLES="3", SAMPLE_ARGS="--x", EVAL_SYNTH_ARGS="--y",
+               STUDY_ARGS="--y", PYTHON=str(fake_python), REAL_PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(LAUNCHERS / script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if stage == "encode":   # through srun: one encoder per task
+        assert (log / "srun_args").read_text().split("\n")[:2] == ["--kill-on-bad-exit=1", str(fake_python)]
+        assert " ".join((log / "srun_args").read_text().split("\n")[1:]).strip().endswith(commands[0])
+    else:
+        assert not (log / "srun_args").exists()
+        assert (log / "python").read_text().splitlines() == commands

@@ -216,7 +216,7 @@ def test_memory_planner_fits_refuses_and_extrapolates(store):
     from bsynth_hpc.engine.planner import GIB, RESERVE_GIB, USABLE_FRACTION, MemoryPlanError, \
         measure_activation_bytes, plan_memory
     from bsynth_hpc.engine.stage import StageInfo
-    from bsynth_hpc.recipes.smoke import SmokeDenoiserStage
+    from smoke_recipe import SmokeDenoiserStage
 
     c = build_run_config({"stage": "smoke-denoiser", "recipe": {"channels": 8, "time_dim": 16}})
     stage = SmokeDenoiserStage(c.recipe, StageInfo(str(store), None, c.data, c.engine))

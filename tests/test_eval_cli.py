@@ -19,7 +19,7 @@ from bsynth_hpc.data.store import StoreLayout, VolumeStore
 from bsynth_hpc.errors import InputError
 from bsynth_hpc.eval.features_medicalnet import MedicalNetExtractor
 from bsynth_hpc.eval.io import open_volume_set
-from bsynth_hpc.eval.weights import WEIGHTS_ENV
+from bsynth_hpc.weights import WEIGHTS_ENV
 
 SHAPE = (24, 28, 20)
 CONTRAST = {"T1w": (0.8, 0.4), "FLAIR": (0.5, 0.9)}

@@ -23,8 +23,8 @@ from bsynth_hpc.eval.features_medicalnet import (
     load_medicalnet,
     zscore_volume,
 )
-from bsynth_hpc.eval.lpips_slices import load_lpips
-from bsynth_hpc.eval.weights import WEIGHTS_ENV, WeightsError
+from bsynth_hpc.nn.lpips import load_lpips
+from bsynth_hpc.weights import WEIGHTS_ENV, WeightsError
 
 
 @pytest.fixture(autouse=True)

@@ -17,11 +17,12 @@ from bsynth_hpc import ops
 from bsynth_hpc.errors import InputError
 from bsynth_hpc.eval.fid import RunningStats, feature_stats, fid_from_features, frechet_distance
 from bsynth_hpc.eval.io import VolumeRef, VolumeSet
-from bsynth_hpc.eval.lpips_slices import lpips_slices, load_lpips, triplanar_lpips
+from bsynth_hpc.eval.lpips_slices import lpips_slices, triplanar_lpips
+from bsynth_hpc.nn.lpips import load_lpips
 from bsynth_hpc.eval.mmd import gaussian_mixture_kernel, median_heuristic, mmd, mmd2_unbiased, resolve_kernel
 from bsynth_hpc.eval.paired import mse, psnr
 from bsynth_hpc.eval.protocols import ReconConfig, evaluate_recon, summarise
-from bsynth_hpc.eval.slices import slice_indices, triplanar_slices
+from bsynth_hpc.slicing import slice_indices, triplanar_slices
 from bsynth_hpc.eval.ssim import (
     MS_SSIM_WEIGHTS,
     ms_ssim,
@@ -297,7 +298,7 @@ class SliceStats(torch.nn.Module):
 def test_synth_protocol_pools_over_the_generated_modalities_and_streams_slice_fid():
     from bsynth_hpc.eval.features_medicalnet import MedicalNetExtractor, extract_medicalnet_features
     from bsynth_hpc.eval.protocols import Slice2DConfig, SynthConfig, evaluate_synth
-    from bsynth_hpc.eval.slices import plane_slices
+    from bsynth_hpc.slicing import plane_slices
 
     torch.manual_seed(0)
     extractor = MedicalNetExtractor(10).eval()

@@ -3,6 +3,8 @@ with one line naming the option and the fix, before any model, store or GPU is t
 nothing is written."""
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
@@ -122,7 +124,7 @@ def test_missing_lpips_weights_name_options_the_command_has(tmp_path, monkeypatc
                        "--run-dir", str(tmp_path / "run"), "--max-steps", "1", "recipe.allow_random_perceptual=false"])
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
-    assert "recipe.perceptual_weights=PATH" in err and "recipe.allow_random_perceptual=true" in err
+    assert "recipe.perceptual.weights=PATH" in err and "recipe.perceptual.allow_random=true" in err
     assert "--allow-random-features" not in err and "--lpips-weights" not in err
     code = main(["eval", "recon", "--compressor", "dwt1", "--store", str(store), "--split", "all",
                  "--out", str(tmp_path / "recon")])
@@ -138,3 +140,53 @@ def test_single_gpu_help_is_the_header_only():
     out = subprocess.run(["bash", str(REPO / "launchers" / "single_gpu.sh"), "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "launchers/single_gpu.sh STAGE" in out and "set -uo" not in out
+
+
+@pytest.mark.parametrize("recipe, foreign", [("dit3d", ["--modality", "T1w"]), ("dit3d", ["--meta", "age=50"]),
+                                             ("wfdm", ["--class", "TLE"])])
+def test_sample_flags_belong_to_their_recipe(tmp_path, capsys, recipe, foreign):
+    """Each recipe's own flags come from its Recipe.sample_options: --modality/--meta only under wfdm,
+    --class only under dit3d; a flag of the other recipe is refused before anything runs."""
+    line = _refused(["sample", recipe, "--run", tmp_path / "r", "--out", tmp_path / "o", *foreign], capsys)
+    assert "unrecognized arguments" in line and foreign[0] in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_sample_flags_map_onto_the_recipe_config():
+    """`bsynth sample R` flags -> R's typed sample config (flag dest = field name), defaults included."""
+    from bsynth_hpc.cli import build_parser
+    from bsynth_hpc.engine.registry import get_recipe
+    from bsynth_hpc.recipes.dit3d.sampling import DiT3dSampleConfig
+    from bsynth_hpc.recipes.wfdm.sampling import WFDMSampleConfig
+
+    args = build_parser().parse_args(["sample", "wfdm", "--run", "R", "--out", "D", "--modality", "T1w",
+                                      "--meta", "age=56", "--cfg", "2", "--tile", "8", "--overwrite"])
+    config = get_recipe("wfdm").load("sample_config").from_namespace(args)
+    assert config == WFDMSampleConfig(run="R", out="D", n=4, modality="T1w", meta="age=56", cfg=2.0, tile=8,
+                                      overwrite=True)
+    args = build_parser().parse_args(["sample", "dit3d", "--run", "R", "--out", "D", "--class", "TLE",
+                                      "--solver", "ddim", "--seed", "3"])
+    config = get_recipe("dit3d").load("sample_config").from_namespace(args)
+    assert config == DiT3dSampleConfig(run="R", out="D", class_label="TLE", solver="ddim", seed=3)
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        DiT3dSampleConfig(run="R", out="D", batch_size=0)
+    with pytest.raises(ConfigError, match="sample.solver"):
+        DiT3dSampleConfig.from_namespace(argparse.Namespace(run="R", out="D", solver="heun"))
+
+
+def test_train_config_accepts_a_path_or_a_packaged_name(tmp_path, monkeypatch):
+    """`bsynth train --config X`: X as a path when that file exists, else the packaged config of that name."""
+    from bsynth_hpc.engine.config import packaged_config, read_yaml, resolve_config_path
+    from engine_support import REPO
+
+    monkeypatch.chdir(tmp_path)
+    packaged = packaged_config("wfdm-vae_tiny.yaml")
+    assert packaged.is_file() and packaged.read_bytes() == (REPO / "configs" / "wfdm-vae_tiny.yaml").read_bytes()
+    assert resolve_config_path("wfdm-vae_tiny.yaml") == packaged
+    assert read_yaml("wfdm-vae_tiny.yaml")["stage"] == "wfdm-vae"
+    (tmp_path / "wfdm-vae_tiny.yaml").write_text("stage: wfdm-ldm\n")   # a local file of that name wins
+    assert read_yaml("wfdm-vae_tiny.yaml") == {"stage": "wfdm-ldm"}
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_yaml("sub/wfdm-vae_tiny.yaml")   # a path, not a bare name: never swapped for the packaged one
+    with pytest.raises(ConfigError, match="packaged configs: .*wfdm-vae_tiny.yaml"):
+        packaged_config("nope.yaml")

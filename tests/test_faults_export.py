@@ -146,12 +146,12 @@ def test_inflated_kwargs_are_refused_before_allocating(runs):
 def test_format1_sidecar_with_a_registered_import_path_still_loads(runs):
     sidecar = runs["vae"] / "export" / "vae.json"
     meta = json.loads(sidecar.read_text())
-    meta["format"], meta["factory"] = 1, "bsynth_hpc.recipes.smoke:build_smoke_vae"
+    meta["format"], meta["factory"] = 1, "smoke_recipe:build_smoke_vae"
     sidecar.write_text(json.dumps(meta))
     model, loaded = load_exported(runs["vae"], "vae")
-    assert loaded["factory"] == "bsynth_hpc.recipes.smoke:build_smoke_vae"
+    assert loaded["factory"] == "smoke_recipe:build_smoke_vae"
     assert model(torch.rand(1, 1, *SHAPE))[0].shape == (1, 1, *SHAPE)
-    meta["factory"] = "bsynth_hpc.recipes.smoke:SmokeVAE"  # importable, but not the registered path
+    meta["factory"] = "smoke_recipe:SmokeVAE"  # importable, but not the registered path
     sidecar.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="not a registered"):
         load_exported(runs["vae"], "vae")

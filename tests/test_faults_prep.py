@@ -28,7 +28,7 @@ from bsynth_hpc.data.summary import format_store_summary
 from bsynth_hpc.errors import InputError, ManifestError, StoreError
 from bsynth_hpc.prep import cluster as cluster_module
 from bsynth_hpc.prep.loading import load_nifti
-from bsynth_hpc.prep.pipeline import PrepSource, run_prep
+from bsynth_hpc.prep.pipeline import PrepConfig, PrepSource, run_prep
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = {"shape": (12, 14, 10), "spacing": (2.0, 2.0, 2.0)}
@@ -63,7 +63,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def prep(manifest: Path, out: Path, **kwargs):
-    return run_prep(PrepSource.manifest(manifest), out, cluster="sync", progress=False, **{**GRID, **kwargs})
+    return run_prep(PrepSource.manifest(manifest), out,
+                    PrepConfig(cluster="sync", progress=False, **{**GRID, **kwargs}))
 
 
 def raw_nifti(path: Path, shape, *, klass=nib.Nifti1Image, data: bytes = b"", extension: int = 0,
@@ -134,7 +135,7 @@ def test_out_containing_the_inputs_or_inside_a_scanned_folder_is_refused(tmp_pat
     (brats / "case1").mkdir(parents=True)
     nib.save(nib.Nifti1Image(head(0), np.eye(4)), brats / "case1" / "case1_t1.nii.gz")
     with pytest.raises(StoreError, match="inside the brats folder"):
-        run_prep(PrepSource.brats(brats), brats / "store.zarr", cluster="sync", progress=False, **GRID)
+        run_prep(PrepSource.brats(brats), brats / "store.zarr", PrepConfig(cluster="sync", progress=False, **GRID))
     assert not (brats / "store.zarr").exists()
 
 
@@ -438,7 +439,7 @@ def test_latin1_manifest_is_one_line_naming_the_byte(tmp_path, capsys):
     man.write_bytes(man.read_bytes().replace(b"s0,,d", "Jos\u00e9,,d".encode("latin-1")))
     with pytest.raises(ManifestError, match=r"not UTF-8 text \(byte 0xe9 at byte position \d+, line 2.*save it as "
                                             r"UTF-8"):
-        run_prep(PrepSource.manifest(man), tmp_path / "s.zarr", cluster="sync", progress=False)
+        run_prep(PrepSource.manifest(man), tmp_path / "s.zarr", PrepConfig(cluster="sync", progress=False))
     code, _, err = run_cli(capsys, "prep", "--manifest", str(man), "--out", str(tmp_path / "s.zarr"))
     assert code == 2 and err.count("\n") == 1 and str(man) in err
 
@@ -447,7 +448,7 @@ def test_semicolon_manifest_says_so(tmp_path):
     man = tmp_path / "m.csv"
     man.write_text("subject;session;dataset;modality;path\ns;;d;T1w;a.nii.gz\n")
     with pytest.raises(ManifestError, match="looks semicolon-delimited; use commas"):
-        run_prep(PrepSource.manifest(man), tmp_path / "s.zarr", cluster="sync", progress=False)
+        run_prep(PrepSource.manifest(man), tmp_path / "s.zarr", PrepConfig(cluster="sync", progress=False))
 
 
 def test_folder_listed_as_a_file_and_misspelt_column(tmp_path, capsys):

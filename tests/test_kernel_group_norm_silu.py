@@ -11,7 +11,8 @@ import torch
 
 import bsynth_hpc.kernels.group_norm_silu as gns
 from bsynth_hpc import ops
-from bsynth_hpc.kernels.group_norm_silu import (GroupNormSiLU, group_norm_silu_reference, group_norm_silu_triton)
+from bsynth_hpc.kernels.group_norm_silu import group_norm_silu_reference, group_norm_silu_triton
+from bsynth_hpc.nn import GroupNormSiLU
 
 DEVICE = "cuda" if os.environ.get("BSYNTH_TEST_GPU") == "1" and torch.cuda.is_available() else "cpu"
 _TRITON_RUNNABLE = gns.HAS_TRITON and (DEVICE == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")

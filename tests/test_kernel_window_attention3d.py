@@ -15,8 +15,8 @@ import torch
 
 import bsynth_hpc.ops as ops
 from bsynth_hpc.kernels import window_attention3d as wa
-from bsynth_hpc.kernels.window_attention3d import (WindowAttention3d, relative_position_index, window_attention3d_reference,
-                                        window_attention3d_triton)
+from bsynth_hpc.kernels.window_attention3d import window_attention3d_reference, window_attention3d_triton
+from bsynth_hpc.nn import WindowAttention3d, relative_position_index
 
 DEVICE = "cuda" if os.environ.get("BSYNTH_TEST_GPU") == "1" and torch.cuda.is_available() else "cpu"
 needs_gpu = pytest.mark.skipif(DEVICE != "cuda", reason="needs BSYNTH_TEST_GPU=1 and a CUDA device")

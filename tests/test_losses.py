@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from bsynth_hpc.errors import ConfigError
-from bsynth_hpc.eval.lpips_slices import load_lpips, triplanar_lpips
-from bsynth_hpc.eval.weights import WEIGHTS_ENV, WeightsError
+from bsynth_hpc.eval.lpips_slices import triplanar_lpips
+from bsynth_hpc.nn.lpips import load_lpips
+from bsynth_hpc.weights import WEIGHTS_ENV, WeightsError
 from bsynth_hpc.losses import (LOSS_PRESETS, VAEGANLoss, VAEGANWeights, discriminator_adversarial_loss,
                                gaussian_kl, generator_adversarial_loss, kl_loss, reconstruction_loss)
 from bsynth_hpc.losses.perceptual import SlicePerceptualLoss
@@ -82,6 +83,28 @@ def test_bce_adversarial_matches_binary_cross_entropy():
     assert multi.item() == pytest.approx(0.5 * (expect_g.item() + math.log(2)), rel=1e-5)
     with pytest.raises(ValueError, match="kind"):
         generator_adversarial_loss(fake, "wgan")
+
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_adversarial_losses_agree_with_monai_where_monai_computes_the_same(spatial_dims):
+    """MONAI's PatchAdversarialLoss (evaluated for issue 13 item 7): least_squares without its activation is our
+    lsgan, its bce is ours on moderate logits; on a saturated logit its sigmoid + BCELoss clamps (why we keep ours)."""
+    from monai.losses import PatchAdversarialLoss
+
+    g = torch.Generator().manual_seed(2)
+    shape = (2, 1) + (4,) * spatial_dims
+    real, fake = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    for kind, monai_loss in (("lsgan", PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)),
+                             ("bce", PatchAdversarialLoss(criterion="bce"))):
+        expect_d = 0.5 * (monai_loss(real, True, True) + monai_loss(fake, False, True))
+        assert discriminator_adversarial_loss(real, fake, kind).item() == pytest.approx(expect_d.item(), rel=1e-5)
+        assert generator_adversarial_loss(fake, kind).item() == pytest.approx(monai_loss(fake, True, False).item(),
+                                                                               rel=1e-5)
+    saturated = torch.full(shape, 25.0, requires_grad=True)
+    ours = discriminator_adversarial_loss(real, saturated, "bce")
+    assert ours.item() == pytest.approx(0.5 * (F.softplus(-real).mean().item() + 25.0), rel=1e-5)
+    assert torch.autograd.grad(ours, saturated)[0].abs().sum() > 0
 
 
 # ---------------------------------------------------------------------------------------------- perceptual

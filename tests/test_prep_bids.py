@@ -20,7 +20,7 @@ from bsynth_hpc.errors import ConfigError, ManifestError, StoreError
 from bsynth_hpc.prep.bids import bids_modality, find_anat_files, parse_bids_name
 from bsynth_hpc.prep.ingest import PrepSource, collect
 from bsynth_hpc.prep.manifest_writer import guess_from_name, manifest_from_folder
-from bsynth_hpc.prep.pipeline import run_prep
+from bsynth_hpc.prep.pipeline import PrepConfig, run_prep
 from bsynth_hpc.prep.preprocess import PreprocessParams, preprocess_volume
 from bsynth_hpc.prep.tables import read_subject_table
 
@@ -47,7 +47,7 @@ def tsv(path: Path, rows: list[list[str]]) -> Path:
 
 
 def prep(source: PrepSource, out: Path, **kwargs):
-    return run_prep(source, out, cluster="sync", progress=False, **{**GRID, **kwargs})
+    return run_prep(source, out, PrepConfig(cluster="sync", progress=False, **{**GRID, **kwargs}))
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -22,7 +22,7 @@ from bsynth_hpc.data.store import VolumeStore
 from bsynth_hpc.errors import ConfigError, ManifestError, StoreError
 from bsynth_hpc.prep.cluster import build_slurm_cluster, check_cluster_args, slurm_cluster_kwargs
 from bsynth_hpc.prep.ingest import WorkItem
-from bsynth_hpc.prep.pipeline import LOCK_NAME, PrepSource, resolve_params, run_prep, store_lock
+from bsynth_hpc.prep.pipeline import LOCK_NAME, PrepConfig, PrepSource, resolve_params, run_prep, store_lock
 from bsynth_hpc.prep.preprocess import PreprocessParams
 from bsynth_hpc.prep.report import failure_from_exception, format_summary
 from bsynth_hpc.prep.worker import FAILED, process_item
@@ -136,10 +136,10 @@ def cohort(tmp_path_factory) -> Cohort:
 @pytest.fixture(scope="module")
 def runs(cohort):
     """One run on a real 2-worker LocalCluster and one in-process, shared by several tests."""
-    local = run_prep(PrepSource.manifest(cohort.manifest), cohort.root / "local.zarr", cluster="local", workers=2,
-                     progress=False, **GRID)
-    sync = run_prep(PrepSource.manifest(cohort.manifest), cohort.root / "sync.zarr", cluster="sync",
-                    progress=False, **GRID)
+    local = run_prep(PrepSource.manifest(cohort.manifest), cohort.root / "local.zarr",
+                     PrepConfig(cluster="local", workers=2, progress=False, **GRID))
+    sync = run_prep(PrepSource.manifest(cohort.manifest), cohort.root / "sync.zarr", PrepConfig(cluster="sync",
+                    progress=False, **GRID))
     return {"local": local, "sync": sync}
 
 
@@ -226,7 +226,7 @@ def test_local_cluster_and_sync_give_identical_stores(runs):
 def test_rerun_skips_published_volumes_without_rewriting_them(cohort, runs):
     path = runs["sync"].store_path
     before = files_with_mtimes(path / "volumes")
-    again = run_prep(PrepSource.manifest(cohort.manifest), path, cluster="sync", progress=False, **GRID)
+    again = run_prep(PrepSource.manifest(cohort.manifest), path, PrepConfig(cluster="sync", progress=False, **GRID))
     assert (again.done, again.skipped, again.failed, again.exit_code) == (0, 7, 11, 1)
     assert files_with_mtimes(path / "volumes") == before
 
@@ -234,7 +234,7 @@ def test_rerun_skips_published_volumes_without_rewriting_them(cohort, runs):
 CRASHING_RUN = textwrap.dedent("""
     import os, signal, sys, types
     import bsynth_hpc.data.store as store_module
-    from bsynth_hpc.prep.pipeline import PrepSource, run_prep
+    from bsynth_hpc.prep.pipeline import PrepConfig, PrepSource, run_prep
 
     publishes = 0
 
@@ -248,8 +248,8 @@ CRASHING_RUN = textwrap.dedent("""
         os.rename(src, dst)
 
     store_module.os = types.SimpleNamespace(**{**vars(os), "rename": rename_or_die})
-    run_prep(PrepSource.manifest(sys.argv[1]), sys.argv[2], shape=(12, 14, 10), spacing=(2.0, 2.0, 2.0),
-             cluster="sync", progress=False)
+    run_prep(PrepSource.manifest(sys.argv[1]), sys.argv[2],
+             PrepConfig(shape=(12, 14, 10), spacing=(2.0, 2.0, 2.0), cluster="sync", progress=False))
 """)
 
 
@@ -272,7 +272,8 @@ def test_resume_after_a_crash_mid_write(cohort, runs, tmp_path):
     assert (store_path / LOCK_NAME).exists()  # stale lock of the killed run
     before = files_with_mtimes(store_path / "volumes")
 
-    result = run_prep(PrepSource.manifest(cohort.manifest), store_path, cluster="sync", progress=False, **GRID)
+    result = run_prep(PrepSource.manifest(cohort.manifest), store_path,
+                      PrepConfig(cluster="sync", progress=False, **GRID))
     assert (result.done, result.skipped, result.failed) == (5, 2, 11)
     assert not crashed.staging_dir.exists() and not (store_path / LOCK_NAME).exists()
     after = files_with_mtimes(store_path / "volumes")
@@ -283,11 +284,11 @@ def test_resume_after_a_crash_mid_write(cohort, runs, tmp_path):
 def test_store_made_with_other_parameters_is_refused(cohort, runs):
     path = runs["sync"].store_path
     with pytest.raises(StoreError, match="normalize"):
-        run_prep(PrepSource.manifest(cohort.manifest), path, cluster="sync", progress=False, normalize="zscore",
-                 **GRID)
+        run_prep(PrepSource.manifest(cohort.manifest), path,
+                 PrepConfig(cluster="sync", progress=False, normalize="zscore", **GRID))
     with pytest.raises(StoreError, match="shape"):
-        run_prep(PrepSource.manifest(cohort.manifest), path, cluster="sync", progress=False,
-                 shape=(8, 8, 8), spacing=(2.0, 2.0, 2.0))
+        run_prep(PrepSource.manifest(cohort.manifest), path, PrepConfig(cluster="sync", progress=False,
+                 shape=(8, 8, 8), spacing=(2.0, 2.0, 2.0)))
 
 
 def test_store_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path):
@@ -313,7 +314,7 @@ def test_nothing_usable_gives_exit_code_2(tmp_path):
     man = write_manifest(tmp_path / "m.csv", [
         {"subject": "a", "session": "", "dataset": "d", "modality": "T1w", "path": "text.nii.gz"},
         {"subject": "b", "session": "", "dataset": "d", "modality": "T1w", "path": "gone.nii.gz"}])
-    result = run_prep(PrepSource.manifest(man), tmp_path / "s.zarr", cluster="sync", progress=False, **GRID)
+    result = run_prep(PrepSource.manifest(man), tmp_path / "s.zarr", PrepConfig(cluster="sync", progress=False, **GRID))
     assert result.exit_code == 2 and result.failed == 2 and result.finalize is None
     assert VolumeStore(result.store_path).volume_ids() == []
     assert json.loads(result.report_path.read_text())["exit_code"] == 2
@@ -333,8 +334,8 @@ def test_brain_mask_column_masks_the_stored_volume(tmp_path):
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    result = run_prep(PrepSource.manifest(tmp_path / "m.csv"), tmp_path / "s.zarr", mask="mask", cluster="sync",
-                      progress=False, **GRID)
+    result = run_prep(PrepSource.manifest(tmp_path / "m.csv"), tmp_path / "s.zarr",
+                      PrepConfig(mask="mask", cluster="sync", progress=False, **GRID))
     [failure] = result.failures
     assert failure.subject == "s2" and failure.stage == "load" and "broken_mask.nii.gz" in failure.message
     store = VolumeStore(result.store_path)
@@ -393,7 +394,8 @@ def test_brats_folder_to_store(tmp_path):
         for suffix in ("t1", "t1ce", "t2", "flair"):
             save(root / case / f"{case}_{suffix}.nii.gz", head(rng), affine((1, 1, 1), (-1, -1, 1)))
         save(root / case / f"{case}_seg.nii.gz", np.zeros((14, 16, 10), np.float32), affine((1, 1, 1)))
-    result = run_prep(PrepSource.brats(root), tmp_path / "brats.zarr", cluster="sync", progress=False, **GRID)
+    result = run_prep(PrepSource.brats(root), tmp_path / "brats.zarr",
+                      PrepConfig(cluster="sync", progress=False, **GRID))
     assert result.exit_code == 0 and result.done == 8
     store = VolumeStore(result.store_path)
     assert store.volume_ids() == sorted(f"BraTS2021__BraTS2021_0000{c}__{m}" for c in (1, 2)
@@ -411,8 +413,8 @@ def test_slice_folders_to_store(tmp_path):
         for i, size in enumerate(sizes):
             Image.fromarray(rng.integers(0, 255, size=size, dtype=np.uint8)).save(root / cls / f"img{i}.png")
     (root / "tumor" / "broken.png").write_text("not a png")
-    result = run_prep(PrepSource.slices(root, modality="FLAIR"), tmp_path / "slices.zarr", shape=(16, 16),
-                      cluster="sync", progress=False)
+    result = run_prep(PrepSource.slices(root, modality="FLAIR"), tmp_path / "slices.zarr", PrepConfig(shape=(16, 16),
+                      cluster="sync", progress=False))
     assert result.exit_code == 1 and result.done == 4
     assert [f.source_path for f in result.failures] == [str(root / "tumor" / "broken.png")]
     store = VolumeStore(result.store_path)
@@ -437,14 +439,15 @@ def test_slice_folders_to_store(tmp_path):
 def test_bad_options_fail_before_any_work(tmp_path, source_kind, kwargs, match):
     source = PrepSource.slices(tmp_path) if source_kind == "slices" else PrepSource.manifest(tmp_path / "m.csv")
     with pytest.raises(ConfigError, match=match):
-        run_prep(source, tmp_path / "s.zarr", progress=False, **kwargs)
+        run_prep(source, tmp_path / "s.zarr", PrepConfig(progress=False, **kwargs))
     assert not (tmp_path / "s.zarr").exists()
 
 
 def test_missing_manifest_columns_fail_before_the_store_is_created(tmp_path):
     (tmp_path / "m.csv").write_text("subject,path\ns,a.nii.gz\n")
     with pytest.raises(ManifestError, match="session, dataset, modality"):
-        run_prep(PrepSource.manifest(tmp_path / "m.csv"), tmp_path / "s.zarr", cluster="sync", progress=False)
+        run_prep(PrepSource.manifest(tmp_path / "m.csv"), tmp_path / "s.zarr",
+                 PrepConfig(cluster="sync", progress=False))
     assert not (tmp_path / "s.zarr").exists()
 
 
@@ -513,17 +516,17 @@ def _check_demo_store(manifest: Path, store_path: Path) -> list[dict]:
 
 
 def test_demo_cohort_manifest_and_slice_folders(tmp_path):
-    from bsynth_hpc.prep.demo_cohort import build_demo_cohort, export_slice_folders
+    from bsynth_hpc.prep.demo import build_demo_cohort, export_slice_folders
 
     manifest = build_demo_cohort(tmp_path / "cohort", n_subjects=3, spacing_mm=6.0, seed=0)
-    result = run_prep(PrepSource.manifest(manifest), tmp_path / "store.zarr", shape=(32, 37, 27),
-                      spacing=(6.0, 6.0, 6.0), cluster="processes", workers=2, progress=False)
+    result = run_prep(PrepSource.manifest(manifest), tmp_path / "store.zarr", PrepConfig(shape=(32, 37, 27),
+                      spacing=(6.0, 6.0, 6.0), cluster="processes", workers=2, progress=False))
     assert result.exit_code == 0, format_summary(result)
     rows = _check_demo_store(manifest, result.store_path)
 
     slices = export_slice_folders(manifest, tmp_path / "slices", slices_per_volume=2, size=32)
     sliced = run_prep(PrepSource.slices(slices, subject_pattern=r"^(sub-[^_]+)_"), tmp_path / "slices.zarr",
-                      shape=(32, 32), cluster="sync", progress=False)
+                      PrepConfig(shape=(32, 32), cluster="sync", progress=False))
     assert sliced.exit_code == 0 and sliced.done == 2 * sum(r["modality"] == "T1w" for r in rows)
     store = VolumeStore(sliced.store_path)
     assert {store.record(v)["subject"] for v in store.volume_ids()} == {r["subject"] for r in rows}
@@ -531,15 +534,16 @@ def test_demo_cohort_manifest_and_slice_folders(tmp_path):
 
 @pytest.mark.heavy
 def test_demo_cohort_brats_export(tmp_path):
-    from bsynth_hpc.prep.demo_cohort import build_demo_cohort, export_brats_layout
+    from bsynth_hpc.prep.demo import build_demo_cohort, export_brats_layout
 
     manifest = build_demo_cohort(tmp_path / "cohort", n_subjects=6, spacing_mm=4.0, seed=0, workers=2)
-    result = run_prep(PrepSource.manifest(manifest), tmp_path / "store.zarr", shape=(48, 56, 40),
-                      spacing=(4.0, 4.0, 4.0), cluster="local", workers=2, progress=False)
+    result = run_prep(PrepSource.manifest(manifest), tmp_path / "store.zarr", PrepConfig(shape=(48, 56, 40),
+                      spacing=(4.0, 4.0, 4.0), cluster="local", workers=2, progress=False))
     assert result.exit_code == 0, format_summary(result)
     _check_demo_store(manifest, result.store_path)
     brats = export_brats_layout(manifest, tmp_path / "brats")
     cases = [p for p in brats.iterdir() if p.is_dir()]
-    got = run_prep(PrepSource.brats(brats), tmp_path / "brats.zarr", shape=(48, 56, 40), spacing=(4.0, 4.0, 4.0),
-                   cluster="sync", progress=False)
+    got = run_prep(PrepSource.brats(brats), tmp_path / "brats.zarr",
+                   PrepConfig(shape=(48, 56, 40), spacing=(4.0, 4.0, 4.0),
+                   cluster="sync", progress=False))
     assert got.exit_code == 0 and got.done == 4 * len(cases) > 0

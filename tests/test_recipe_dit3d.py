@@ -126,9 +126,10 @@ def test_gan_schedule_state_round_trips_through_a_checkpoint(tmp_path):
     """The schedule's state_dict, saved with weights_only-safe types, continues the decisions exactly."""
     import torch
 
+    from bsynth_hpc.configtools import from_mapping
     from bsynth_hpc.recipes.dit3d.vae import DiT3dVAEConfig, GANSchedule
 
-    cfg = DiT3dVAEConfig(**VAE)
+    cfg = from_mapping(DiT3dVAEConfig, VAE, "recipe")
     adv = [0.9, 0.5, 0.2, 0.8, 0.1, 0.05, 0.6, 0.4, 0.3, 0.2, 0.1, 0.1, 0.9, 0.2, 0.1, 0.1, 0.3, 0.2, 0.1, 0.05]
 
     def drive(schedule, steps):
@@ -203,6 +204,10 @@ def test_dit3d_trains_exports_and_samples_per_class(pipeline, tmp_path):
     assert recipe["compressor_run"] == str((root / "vae").resolve())
     assert recipe["diffusion"]["beta_schedule"] == "linear" and recipe["diffusion"]["num_train_timesteps"] == 1000
     assert side["factory_kwargs"]["input_size"] == [4, 4, 4] and side["factory_kwargs"]["num_classes"] == 2
+    info = json.loads((root / "dit" / "dit_info.json").read_text())  # promised by the stage's docstring
+    assert info["classes"] == ["healthy", "TLE"] and info["modalities"] == ["T1w"] and info["export"] == "dit"
+    assert info["compressor_run"] == recipe["compressor_run"] and info["compressor_sha256"] == side["compressor_sha256"]
+    assert info["latent_shape"][1:] == [4, 4, 4] and info["diffusion"] == recipe["diffusion"]
     losses = [r["loss/dit"] for r in metrics(root / "dit") if "loss/dit" in r]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
 

@@ -52,6 +52,29 @@ def test_metrics_ties_and_partial():
     assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))
 
 
+def _pairwise_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Closed-form reference: P(score_pos > score_neg) + 1/2 P(tie), over every (pos, neg) pair."""
+    pos, neg = s[y == 1][:, None], s[y == 0][None, :]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
+
+
+@pytest.mark.parametrize("levels", [2, 3, 5, 1000])   # few levels = many ties across the classes
+def test_roc_auc_matches_pairwise_count_on_ties(levels):
+    rng = np.random.default_rng(levels)
+    for n in (2, 7, 40):
+        y = rng.permutation(np.r_[0, 1, rng.integers(0, 2, n - 2)])
+        s = rng.integers(0, levels, n) / levels
+        assert roc_auc(y, s) == pytest.approx(_pairwise_auc(y, s), abs=1e-12)
+        assert roc_auc(y, s + 10.0) == pytest.approx(roc_auc(y, s), abs=1e-12)  # rank-only
+
+
+def test_roc_auc_one_class_is_nan():
+    for y in ([1, 1, 1], [0, 0], [1]):
+        assert math.isnan(roc_auc(y, np.linspace(0.0, 1.0, len(y))))
+    m = binary_metrics([0, 0, 0], [0.2, 0.6, 0.4])
+    assert math.isnan(m["auc_roc"]) and math.isnan(m["aucpr"]) and m["accuracy"] == pytest.approx(2 / 3)
+
+
 def test_stratified_pick_keeps_the_pool_balance():
     rng = np.random.default_rng(0)
     y = [0] * 16 + [1] * 16

@@ -37,7 +37,8 @@ import zarr
 from torch.utils.data import Dataset
 from zarr.codecs import BloscCodec
 
-from ..errors import ConfigError, StoreError
+from ..errors import BsynthError, ConfigError, StoreError
+from ..models.autoencoder.latent_scale import estimate_latent_scale
 from .metadata import CLINICAL_DIM, NUM_FIELDS
 from .splits import SPLITS, check_split
 
@@ -261,9 +262,6 @@ class LatentCache:
     def estimate_scale_factor(self, max_samples: int | None = None) -> float:
         """``1 / std`` of the written unscaled latents, the usual LDM scale: the same streaming float64
         estimate as the compressor exports (:func:`bsynth_hpc.models.autoencoder.estimate_latent_scale`)."""
-        from ..errors import BsynthError
-        from ..models.autoencoder.latent_scale import estimate_latent_scale
-
         indices = np.flatnonzero(self.written_mask())[:max_samples]
         if indices.size == 0:
             raise StoreError(f"{self.path} has no written latents yet: run `bsynth encode` first")

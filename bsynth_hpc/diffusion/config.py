@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from ..engine.configtools import from_mapping, require
+from ..configtools import from_mapping, require
 from .ddpm import DDPMProcess
 from .objective import TrainingObjective
 from .process import DiffusionProcess

@@ -2,7 +2,7 @@
 
 A run config YAML looks like::
 
-    stage: smoke-vaegan          # the registered stage (the CLI's STAGE argument must agree)
+    stage: wfdm-vae              # the registered stage (the CLI's STAGE argument must agree)
     engine: {backend: auto, micro_batch: 2, max_steps: 1000, schedule: {name: cosine, warmup: 50}, ...}
     data: {train_split: train, val_split: val, num_workers: 2}
     recipe: {...}                # the stage's own dataclass (Stage.config_class)
@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
 
+from ..configtools import _closest, apply_overrides, field_names, from_mapping, require, to_plain
 from ..errors import ConfigError
-from .configtools import apply_overrides, field_names, from_mapping, require, to_plain
+from .registry import get_stage_class
 
 Backend = Literal["auto", "deepspeed", "ddp", "single"]
 Offload = Literal["none", "cpu", "nvme"]
@@ -228,11 +230,41 @@ class RunConfig:
 TOP_LEVEL_KEYS = ("stage", "store", "run_dir", "engine", "data", "recipe")
 
 
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A YAML mapping from ``path`` (empty file -> {}); ConfigError when missing or not a mapping."""
+PACKAGED_CONFIGS = "bsynth_hpc.configs"
+"""The package holding the default recipe configs (configs/ in the checkout, YAML package data)."""
+
+
+def packaged_config(name: str) -> Path:
+    """The packaged default config ``name`` (``wfdm-vae_tiny.yaml``; the ``.yaml`` may be left off), read
+    with importlib.resources so it works from a wheel as from the checkout; ConfigError lists them."""
+    root = resources.files(PACKAGED_CONFIGS)
+    for candidate in (name, f"{name}.yaml"):
+        entry = root / candidate
+        if entry.is_file():
+            return Path(str(entry))
+    names = sorted(e.name for e in root.iterdir() if e.name.endswith(".yaml"))
+    raise ConfigError(f"no packaged config named {name!r}; packaged configs: {', '.join(names)}")
+
+
+def resolve_config_path(path: str | os.PathLike[str]) -> Path:
+    """``--config`` as given when that file exists, else the packaged config of that bare name (so
+    ``--config wfdm-vae_tiny.yaml`` works from any folder and from a non-editable install)."""
     p = Path(path)
+    if p.is_file() or p.name != str(path):
+        return p
+    try:
+        return packaged_config(str(path))
+    except ConfigError:
+        return p
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (see :func:`resolve_config_path`; empty file -> {}); ConfigError when
+    missing or not a mapping."""
+    p = resolve_config_path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist: pass --config with a YAML file (see configs/)")
+        raise ConfigError(f"config file {p} does not exist: pass --config with a YAML file or the name of a "
+                          f"packaged config (see configs/)")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -251,13 +283,9 @@ def build_run_config(raw: dict[str, Any], stage: str | None = None, overrides: S
     ``stage`` is the CLI's STAGE (must agree with the config's ``stage:``); ``default_stage``
     (a launcher's) applies only when neither names one.
     """
-    from .registry import get_stage_class
-
     raw = apply_overrides(json.loads(json.dumps(raw)), overrides)
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            from .configtools import _closest
-
             raise ConfigError(f"unknown top-level key {key!r} in {source}{_closest(str(key), TOP_LEVEL_KEYS)}; "
                               f"valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     declared = raw.get("stage")
@@ -297,4 +325,5 @@ def save_run_config(config: RunConfig, path: str | os.PathLike[str]) -> Path:
 
 
 __all__ = ["ScheduleConfig", "TimeoutConfig", "EngineConfig", "DataConfig", "RunConfig", "load_run_config",
-           "build_run_config", "save_run_config", "read_yaml", "field_names", "TOP_LEVEL_KEYS"]
+           "build_run_config", "save_run_config", "read_yaml", "packaged_config", "resolve_config_path",
+           "field_names", "TOP_LEVEL_KEYS"]

@@ -17,6 +17,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .errors import CheckpointError
+
 
 def local_views(module: nn.Module) -> list[torch.Tensor]:
     """The tensors that hold this rank's share of each parameter (ZeRO-3 partition or full data)."""
@@ -68,8 +70,6 @@ class EMA:
         shadow = state["shadow"]
         assert isinstance(shadow, list)
         if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow)):
-            from .errors import CheckpointError
-
             raise CheckpointError(f"{where}: the EMA in the checkpoint does not match the model ({len(shadow)} vs "
                                   f"{len(self.shadow)} tensors or different shapes); the model config changed "
                                   "since the checkpoint was written")

@@ -26,10 +26,14 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+import safetensors
 import torch
 from torch import nn
 
+from .. import __version__ as bsynth_version
 from ..hashing import sha256_file
+from ..models import MODEL_FACTORIES, registered_name
+from ..models import resolve_factory as registry_lookup
 from .checkpoint import write_json
 from .errors import CheckpointError
 
@@ -45,10 +49,6 @@ def set_factory(model: nn.Module, factory: str, kwargs: dict[str, Any] | None = 
 
 
 def _versions() -> dict[str, str]:
-    import safetensors
-
-    from .. import __version__ as bsynth_version
-
     return {"bsynth_hpc": str(bsynth_version), "torch": torch.__version__, "safetensors": safetensors.__version__,
             "python": platform.python_version()}
 
@@ -70,9 +70,6 @@ def resolve_factory(name: Any, source: str = "factory") -> Callable[..., nn.Modu
     A format-1 import path "package.module:callable" is accepted only if it is exactly the path of
     a registered model; anything else is refused without importing it.
     """
-    from ..models import MODEL_FACTORIES, registered_name
-    from ..models import resolve_factory as registry_lookup
-
     key = name if isinstance(name, str) and name in MODEL_FACTORIES else None
     if key is None and isinstance(name, str) and ":" in name:
         key = registered_name(name)
@@ -87,8 +84,6 @@ def resolve_factory(name: Any, source: str = "factory") -> Callable[..., nn.Modu
 
 def _registry_name(factory: str) -> str:
     """The registry name to record for ``factory`` (a name, or a registered import path)."""
-    from ..models import MODEL_FACTORIES, registered_name
-
     resolve_factory(factory, "export factory")
     return factory if factory in MODEL_FACTORIES else str(registered_name(factory))
 

@@ -38,8 +38,11 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from .config import RunConfig
+from .data import batch_to_device
 from .distributed import DistInfo
 from .errors import MemoryPlanError
+from .registry import get_stage_class
+from .stage import StageInfo, StepContext
 
 GIB = 2**30
 USABLE_FRACTION = 0.92
@@ -141,8 +144,6 @@ def _probe_batch(item: dict[str, Any], shape: tuple[int, ...], device: torch.dev
     batch = default_collate([{**item, "sample_seed": 0, "sample_weight": 1.0}])
     image = batch["image"].float()
     batch["image"] = F.interpolate(image, size=shape, mode="trilinear", align_corners=False)
-    from .data import batch_to_device
-
     return batch_to_device(batch, device, dtype)
 
 
@@ -164,8 +165,6 @@ def _memory_tracker() -> Any:
 def measure_activation_bytes(stage: Any, item: dict[str, Any], shape: tuple[int, ...], device: torch.device,
                              precision: str, checkpointing: bool, seed: int = 0) -> int:
     """Peak activation + temporary bytes of a forward and backward of every phase (max), micro-batch 1."""
-    from .stage import StepContext
-
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     worst = 0
     for phase in stage.phases():
@@ -275,9 +274,6 @@ def plan_memory(stage: Any, item: dict[str, Any], shape: tuple[int, ...], budget
 
 def apply_plan(config: RunConfig, dist: DistInfo, device: torch.device) -> tuple[RunConfig, MemoryPlan]:
     """Plan for ``config.engine.gpu_mem_gb`` and return the config the plan implies (and the plan)."""
-    from .registry import get_stage_class
-    from .stage import StageInfo
-
     if dist.world_size > 1:
         raise MemoryPlanError(f"--gpu-mem-gb plans a single-card run, but {dist.world_size} ranks were launched: "
                               "drop it for multi-GPU runs (use ZeRO stages and offload there)")

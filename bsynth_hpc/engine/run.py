@@ -23,6 +23,10 @@ from typing import Sequence
 
 from ..argtypes import int_at_least
 from ..errors import BsynthError, ConfigError
+from .config import load_run_config
+from .faults import FaultInjector
+from .signals import PreemptionHandler
+from .watchdog import Watchdog
 from .errors import (EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_HANG, EXIT_PEER_LOST, CheckpointError,
                      CheckpointUnusableError, DistributedError, TrainingDivergedError)
 
@@ -61,7 +65,6 @@ def parse_train_args(argv: Sequence[str] | None, default_stage: str | None = Non
 
 
 def _config_from_args(args: argparse.Namespace):  # -> RunConfig
-    from .config import load_run_config
 
     run_dir = Path(args.run_dir)
     path = args.config
@@ -105,7 +108,7 @@ def _write_failure(run_dir: Path | None, rank: int, state: str, code: int, messa
     if run_dir is None or (rank != 0 and not lost_peer):
         return
     try:
-        from .monitor import write_status
+        from .monitor import write_status  # lazy: torch, after the signal handler
 
         write_status(run_dir, state, -1, code, message)
     except OSError:  # pragma: no cover - best effort
@@ -118,7 +121,6 @@ def train_main(argv: Sequence[str] | None = None, default_stage: str | None = No
     args = parse_train_args(argv, default_stage, prog)
     run_dir = Path(args.run_dir)
     rank, distributed = int(os.environ.get("RANK", "0") or 0), False
-    from .signals import PreemptionHandler
 
     # installed before the heavy imports: a SLURM --signal or scancel --signal=USR1 in the first seconds
     # of a task is recorded (the run stops after its first step with a checkpoint) instead of killing it
@@ -126,11 +128,9 @@ def train_main(argv: Sequence[str] | None = None, default_stage: str | None = No
     watchdog = None
     code = EXIT_FAILED
     try:
-        from .distributed import Comm, discover, init_process_group, select_device
-        from .faults import FaultInjector
-        from .monitor import write_status
-        from .trainer import Trainer
-        from .watchdog import Watchdog
+        from .distributed import Comm, discover, init_process_group, select_device  # lazy: torch, after the signal handler
+        from .monitor import write_status  # lazy: torch, after the signal handler
+        from .trainer import Trainer  # lazy: torch, after the signal handler
 
         config = _config_from_args(args)
         dist = discover()
@@ -141,11 +141,11 @@ def train_main(argv: Sequence[str] | None = None, default_stage: str | None = No
             config = config.with_engine(**layout)
         plan = None
         if args.gpu_mem_gb == "auto":
-            from .planner import detect_gpu_memory_gb
+            from .planner import detect_gpu_memory_gb  # lazy: torch, after the signal handler
 
             config = config.with_engine(gpu_mem_gb=detect_gpu_memory_gb(device))
         if config.engine.gpu_mem_gb is not None:
-            from .planner import apply_plan
+            from .planner import apply_plan  # lazy: torch, after the signal handler
 
             config, plan = apply_plan(config, dist, device)
         init_process_group(dist, device, config.engine.timeouts.collective, config.engine.timeouts.init,
@@ -158,7 +158,7 @@ def train_main(argv: Sequence[str] | None = None, default_stage: str | None = No
                           faults=FaultInjector(rank), preemption=preemption)
         code = trainer.train()
         if plan is not None and rank == 0:
-            from .planner import report_measured
+            from .planner import report_measured  # lazy: torch, after the signal handler
 
             print(report_measured(plan, device), flush=True)
         return code
@@ -168,7 +168,7 @@ def train_main(argv: Sequence[str] | None = None, default_stage: str | None = No
         print(f"bsynth train: {who}{label}{exc}", file=sys.stderr, flush=True)
         _write_failure(run_dir, rank, state, code, str(exc), lost_peer)
     except Exception as exc:
-        from .distributed import is_collective_failure
+        from .distributed import is_collective_failure  # lazy: torch, after the signal handler
 
         if distributed and is_collective_failure(exc):
             message = (f"rank {rank}: a collective operation failed ({type(exc).__name__}: {str(exc).strip()[:300]}). "
@@ -187,7 +187,7 @@ def train_main(argv: Sequence[str] | None = None, default_stage: str | None = No
         if preemption is not None:
             preemption.uninstall()
         if code in (0, 75):
-            from .distributed import destroy_process_group
+            from .distributed import destroy_process_group  # lazy: torch, after the signal handler
 
             destroy_process_group()
     if distributed and code not in (0, 75):

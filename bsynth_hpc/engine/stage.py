@@ -9,7 +9,7 @@ CPU, under DDP and under DeepSpeed ZeRO-0..3.
 
 What a stage declares
 ---------------------
-``name``                       registry name, e.g. "smoke-vaegan"
+``name``                       registry name, e.g. "wfdm-vae"
 ``config_class``               dataclass of the ``recipe:`` config section (validated like the rest)
 ``val_metric`` / ``val_mode``  the validation metric that selects the best checkpoint and drives
                                ReduceLROnPlateau ("min" or "max")
@@ -75,6 +75,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data.dataset import VolumeDataset
+from ..errors import ConfigError
 from .config import DataConfig, EngineConfig, ScheduleConfig
 from .noise import sample_rand, sample_randint, sample_randn
 
@@ -195,11 +197,13 @@ class StepContext:
 
 
 class ExportContext:
-    """What ``Stage.exports`` may use: the step and a few validation/training batches on CPU."""
+    """What ``Stage.exports`` may use: the step, a few validation/training batches on CPU and the run
+    folder (for a recipe's info file beside the exports; None outside a run)."""
 
-    def __init__(self, step: int, batches: Iterator[Batch] | None = None):
+    def __init__(self, step: int, batches: Iterator[Batch] | None = None, run_dir: Path | None = None):
         self.step = step
         self._batches = batches
+        self.run_dir = run_dir
 
     def batches(self, n: int) -> list[Batch]:
         """Up to ``n`` batches (CPU tensors) for statistics such as the latent scale."""
@@ -259,9 +263,6 @@ class Stage(ABC):
 
     def dataset(self, split: str | None) -> Dataset:
         """The dataset of one split (default: VolumeDataset over the store)."""
-        from ..data.dataset import VolumeDataset
-        from ..errors import ConfigError
-
         if not self.info.store:
             raise ConfigError(f"stage {self.name} reads volumes: pass --store STORE.zarr (or set `store:` in the "
                               "config)")

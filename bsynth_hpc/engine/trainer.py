@@ -502,7 +502,7 @@ class Trainer:
             batches = iter(make_loader(source, ValidationSampler(len(source), self.cfg.micro_batch, 1, 0,
                                                                  self.cfg.seed), self.cfg.micro_batch, 0))
         with torch.no_grad():
-            specs = self.stage.exports(models, ExportContext(self.step, batches))
+            specs = self.stage.exports(models, ExportContext(self.step, batches, self.run_dir))
         config = self.config.to_dict()
         for spec in specs:
             model = models[spec.model]

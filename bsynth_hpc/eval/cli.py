@@ -120,7 +120,7 @@ def _split(value: str | None) -> str | None:
 def _inception(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
     if not args.fid2d:
         return None, None
-    from .features_inception import load_inception
+    from .features_inception import load_inception  # lazy: torch, MONAI (fast --help)
 
     return load_inception(args.inception_weights, sha256=args.inception_sha256,
                           allow_random=args.allow_random_features, device=device)
@@ -128,7 +128,7 @@ def _inception(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
 
 def _finish(args: argparse.Namespace, result: dict[str, Any], infos: Sequence[Any], out: Path,
             figures: Sequence[Path], device: str, inputs: dict[str, Any]) -> int:
-    from .report import RANDOM_WARNING, provenance, weights_block, write_report
+    from .report import RANDOM_WARNING, provenance, weights_block, write_report  # lazy: torch, MONAI (fast --help)
 
     weights, random = weights_block([w for w in infos if w is not None])
     head: dict[str, Any] = {"protocol": result["protocol"], "random_features": random}
@@ -143,10 +143,10 @@ def _finish(args: argparse.Namespace, result: dict[str, Any], infos: Sequence[An
 
 def cmd_eval_synth(args: argparse.Namespace) -> int:
     """``bsynth eval synth``: generated vs real (see the subcommand description)."""
-    from .features_medicalnet import load_medicalnet
-    from .io import open_volume_set
-    from .mmd import DEFAULT_SIGMA_RATIOS
-    from .protocols import Slice2DConfig, SynthConfig, evaluate_synth
+    from .features_medicalnet import load_medicalnet  # lazy: torch, MONAI (fast --help)
+    from .io import open_volume_set  # lazy: torch, MONAI (fast --help)
+    from .mmd import DEFAULT_SIGMA_RATIOS  # lazy: torch, MONAI (fast --help)
+    from .protocols import Slice2DConfig, SynthConfig, evaluate_synth  # lazy: torch, MONAI (fast --help)
 
     device = _device(args.device)
     out = Path(args.out)
@@ -173,8 +173,8 @@ def cmd_eval_synth(args: argparse.Namespace) -> int:
 def _synth_figures(real: Any, fake: Any, fake_path: Path, out: Path, grid: int, random: bool) -> list[Path]:
     """Sample grids per modality and per class (or one grid when the modality is unknown), and the
     denoising trajectories the sampler saved in FAKE/trajectory/."""
-    from .figures import find_trajectories, sample_grid_figure, trajectory_figure
-    from .io import read_nifti
+    from .figures import find_trajectories, sample_grid_figure, trajectory_figure  # lazy: torch, MONAI (fast --help)
+    from .io import read_nifti  # lazy: torch, MONAI (fast --help)
 
     tag = " [RANDOM FEATURES]" if random else ""
     figures = []
@@ -202,10 +202,11 @@ def _synth_figures(real: Any, fake: Any, fake_path: Path, out: Path, grid: int, 
 
 def cmd_eval_recon(args: argparse.Namespace) -> int:
     """``bsynth eval recon``: a compressor on held-out volumes (see the subcommand description)."""
-    from .compressors import REFERENCE_COMPRESSORS, load_run_compressor, reference_compressor
-    from .figures import recon_figure
-    from .io import open_volume_set
-    from .protocols import ReconConfig, Slice2DConfig, evaluate_recon
+    from .compressors import (REFERENCE_COMPRESSORS, load_run_compressor,  # lazy: torch, MONAI (fast --help)
+                              reference_compressor)
+    from .figures import recon_figure  # lazy: torch, MONAI (fast --help)
+    from .io import open_volume_set  # lazy: torch, MONAI (fast --help)
+    from .protocols import ReconConfig, Slice2DConfig, evaluate_recon  # lazy: torch, MONAI (fast --help)
 
     device = _device(args.device)
     out = Path(args.out)
@@ -213,13 +214,13 @@ def cmd_eval_recon(args: argparse.Namespace) -> int:
                               rescale=args.rescale, max_volumes=args.max_volumes, seed=args.seed)
     lpips_model, lp_info = None, None
     if not args.no_lpips:
-        from .lpips_slices import load_lpips
+        from ..nn.lpips import load_lpips  # lazy: torch, MONAI (fast --help)
 
         lpips_model, lp_info = load_lpips(args.lpips_weights, sha256=args.lpips_sha256,
                                           allow_random=args.allow_random_features, device=device)
     medicalnet, mn_info = None, None
     if args.weights is not None:
-        from .features_medicalnet import load_medicalnet
+        from .features_medicalnet import load_medicalnet  # lazy: torch, MONAI (fast --help)
 
         medicalnet, mn_info = load_medicalnet(args.weights, args.depth, args.shortcut, sha256=args.weights_sha256,
                                               device=device)

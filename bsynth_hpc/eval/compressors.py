@@ -20,7 +20,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import BsynthError, ConfigError
+from .. import ops
+from ..engine.export import load_exported
+from ..errors import ConfigError
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 REFERENCE_COMPRESSORS: dict[str, str] = {
@@ -31,8 +33,6 @@ REFERENCE_COMPRESSORS: dict[str, str] = {
 
 def reference_compressor(name: str) -> Reconstruct:
     """The fixed wavelet transform ``name`` followed by its inverse (seed 003 Table 3 references)."""
-    from .. import ops
-
     if name == "dwt1":
         def dwt1(x: torch.Tensor) -> torch.Tensor:
             return ops.haar_idwt3d(ops.haar_dwt3d(x), tuple(x.shape[2:]))
@@ -97,13 +97,6 @@ def load_run_compressor(run_dir: str | os.PathLike[str], name: str | None,
     run = Path(run_dir)
     if not run.is_dir():
         raise ConfigError(f"run directory {run} does not exist: give the --run-dir of a `bsynth train` run")
-    try:
-        from ..engine.export import load_exported  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise BsynthError(
-            "`bsynth eval recon --run` needs the training engine's exports (bsynth_hpc.engine.export), which this "
-            f"installation lacks ({exc}); evaluate a wavelet reference with --compressor dwt1|dwt2 meanwhile"
-        ) from exc
     export_name = name or default_export_name(run)
     module, sidecar = load_exported(run, export_name, device)
     keep = ("stage", "factory", "factory_kwargs", "step", "latent_scale", "num_params", "weights_sha256")

@@ -37,7 +37,7 @@ from torchvision.models.inception import (
     InceptionE,
 )
 
-from .weights import (
+from ..weights import (
     WeightsError,
     WeightsInfo,
     load_into,

@@ -24,7 +24,7 @@ import torch
 from monai.networks.nets.resnet import ResNet
 from torch import nn
 
-from .weights import (
+from ..weights import (
     WeightsError,
     WeightsInfo,
     load_into,

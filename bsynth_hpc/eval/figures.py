@@ -9,7 +9,8 @@
 
 Slices are shown in the neurological convention for RAS volumes: anterior (axial) or superior
 (coronal, sagittal) at the top, subject right on the image right. A red banner marks every
-figure made with random-initialised feature networks.
+figure made with random-initialised feature networks. 2D samples (slices of a slice store, image
+order) are shown as they are: one "slice" row in :func:`recon_figure`, the slice itself elsewhere.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .slices import middle_slice
+from ..slicing import middle_slice
 
 PANEL = 176
 PAD = 6
@@ -40,6 +41,11 @@ def _font(size: int = 14) -> ImageFont.ImageFont:
 def display(slice2d: np.ndarray) -> np.ndarray:
     """A 2D slice of a RAS volume in display orientation (second axis up, first axis to the right)."""
     return np.asarray(slice2d).T[::-1]
+
+
+def panel(image: np.ndarray, plane: str = "axial") -> np.ndarray:
+    """The 2D panel of a volume (its middle ``plane`` slice in display orientation) or of a 2D slice (itself)."""
+    return display(middle_slice(image, plane)) if np.ndim(image) == 3 else np.asarray(image)
 
 
 def _gray(img: np.ndarray, lo: float = 0.0, hi: float = 1.0) -> Image.Image:
@@ -102,15 +108,17 @@ class _Grid:
 
 def recon_figure(real: np.ndarray, recon: np.ndarray, path: str | Path, title: str,
                  random_features: bool = False) -> Path:
-    """Rows sagittal/coronal/axial (middle slices); columns real, reconstruction, |real - recon|."""
+    """Rows axial/coronal/sagittal (middle slices; one row for 2D slices); columns real, reconstruction,
+    |real - recon|."""
     err = np.abs(np.asarray(real, dtype=np.float32) - np.asarray(recon, dtype=np.float32))
     hi = float(err.max()) if err.max() > 0 else 1.0
-    grid = _Grid(title, 3, 3, ["real", "reconstruction", f"|error| (0 to {hi:.3g})"], random_features)
-    for r, plane in enumerate(("axial", "coronal", "sagittal")):
+    planes = ("axial", "coronal", "sagittal") if err.ndim == 3 else ("slice",)
+    grid = _Grid(title, len(planes), 3, ["real", "reconstruction", f"|error| (0 to {hi:.3g})"], random_features)
+    for r, plane in enumerate(planes):
         grid.row_label(r, plane)
-        grid.put(r, 0, _gray(display(middle_slice(real, plane))))
-        grid.put(r, 1, _gray(display(middle_slice(recon, plane))))
-        grid.put(r, 2, _hot(display(middle_slice(err, plane)), hi))
+        grid.put(r, 0, _gray(panel(real, plane)))
+        grid.put(r, 1, _gray(panel(recon, plane)))
+        grid.put(r, 2, _hot(panel(err, plane), hi))
     return grid.save(Path(path))
 
 
@@ -125,9 +133,9 @@ def sample_grid_figure(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[
     for r, (label, reals, fakes) in enumerate(rows):
         grid.row_label(r, label)
         for c, v in enumerate(reals):
-            grid.put(r, c, _gray(display(middle_slice(v, plane))))
+            grid.put(r, c, _gray(panel(v, plane)))
         for c, v in enumerate(fakes):
-            grid.put(r, n_real + c, _gray(display(middle_slice(v, plane))))
+            grid.put(r, n_real + c, _gray(panel(v, plane)))
     return grid.save(Path(path))
 
 

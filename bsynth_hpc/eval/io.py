@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..constants import MODALITIES, canonical_modality
+from ..data.dataset import VolumeDataset
 from ..errors import InputError, StoreError
 
 SIDECAR_NAMES: tuple[str, ...] = ("samples.csv", "volumes.csv", "manifest.csv")
@@ -133,8 +134,6 @@ def is_store(path: Path) -> bool:
 
 def open_store_set(path: Path, split: str | None = None, modalities: Sequence[str] | None = None) -> VolumeSet:
     """The volumes of a finalized bsynth store (one split, or all with ``split=None``)."""
-    from ..data.dataset import VolumeDataset
-
     ds = VolumeDataset(path, split=split, modalities=modalities)
     if ds.kind != "volume3d" or len(ds.shape) != 3:
         raise StoreError(f"{path} holds {ds.kind} data of shape {ds.shape}: bsynth eval compares 3D volumes")

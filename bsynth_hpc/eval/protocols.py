@@ -30,7 +30,7 @@ from .io import VolumeSet
 from .lpips_slices import triplanar_lpips
 from .mmd import DEFAULT_SIGMA_RATIOS, mmd
 from .paired import paired_metrics
-from .slices import DEFAULT_PER_PLANE, plane_slices
+from ..slicing import DEFAULT_PER_PLANE, plane_slices
 from .ssim import ms_ssim_settings, pairwise_ms_ssim, ssim_settings
 
 Log = Callable[[str], None]

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .weights import WeightsInfo
+from ..weights import WeightsInfo
 
 RANDOM_WARNING = ("random-initialised feature networks (--allow-random-features): a smoke test of the pipeline; "
                   "these numbers are not an evaluation and must not be reported")

@@ -28,7 +28,7 @@ import torch
 from monai.metrics import MultiScaleSSIMMetric, SSIMMetric
 
 from ..errors import InputError
-from .slices import DEFAULT_PER_PLANE, triplanar_slices
+from ..slicing import DEFAULT_PER_PLANE, triplanar_slices
 
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 DEFAULT_WINDOW = 11

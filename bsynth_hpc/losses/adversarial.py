@@ -35,6 +35,9 @@ def _check(kind: str) -> None:
         raise ValueError(f"adversarial loss kind={kind!r}: use one of {', '.join(ADVERSARIAL_KINDS)}")
 
 
+# Kept over monai.losses.PatchAdversarialLoss: its bce is sigmoid + BCELoss (log clamped at -100: fake logits
+# [-2, 0, 25, 1] give L_D 13.0 instead of 3.62 and zero gradient at 25), its hinge squashes logits with tanh
+# (L_G 0.80 instead of -E[l] = -6.0); its least_squares with no_activation_leastsq equals our lsgan (tested).
 def generator_adversarial_loss(fake_logits: Logits, kind: AdversarialKind = "bce") -> torch.Tensor:
     """L_G on the discriminator's logits for reconstructions (see the module docstring)."""
     _check(kind)

@@ -2,20 +2,21 @@
 loss computed based on 2D slices fed into a pretrained network of AlexNet", LPIPS weight 0.6;
 seed 003 §2.5.1: L_perc = ||Phi(v) - Phi(v_hat)|| with a fixed pretrained extractor).
 
-The network is the evaluation's LPIPS(alex, v0.1) (:func:`bsynth_hpc.eval.lpips_slices.load_lpips`):
+The network is the evaluation's LPIPS(alex, v0.1) (:func:`bsynth_hpc.nn.lpips.load_lpips`):
 linear heads shipped with ``lpips``, AlexNet trunk from a local torchvision state dict (argument
 or ``$BSYNTH_WEIGHTS_DIR``); it is frozen and kept in eval mode. A missing trunk is a
 WeightsError unless ``allow_random`` (smoke tests only) is set, which keeps a random trunk and
 logs a warning.
 
-Slicing: for each plane (sagittal fixes X, coronal Y, axial Z; :mod:`bsynth_hpc.eval.slices`),
+Slicing: for each plane (sagittal fixes X, coronal Y, axial Z; :mod:`bsynth_hpc.slicing`),
 ``slices_per_plane`` indices are taken, evenly spaced with the end slices excluded (the
 evaluation's ``slice_indices``) or drawn at random each call (``sampling="random"``, better
 coverage over training). The same indices slice both volumes. Slices in [0, 1] are repeated to
 three channels and mapped to [-1, 1]; a slice whose short side is below 64 pixels is upsampled
 (bilinear) so that every AlexNet stage has a spatial extent, as in the evaluation. The loss is
 the mean LPIPS over the slices of each plane, averaged over the planes; it is differentiable
-with respect to the reconstruction.
+with respect to the reconstruction. With ``spatial_dims=2`` the inputs are images (B, C, H, W) and
+LPIPS runs on each channel image itself (no slicing): the loss of a 2D recipe.
 """
 from __future__ import annotations
 
@@ -24,25 +25,16 @@ import os
 from typing import Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..eval.lpips_slices import MIN_SIDE, load_lpips
-from ..eval.slices import PLANES, plane_axis, slice_indices
+from ..nn.lpips import load_lpips, lpips_input
+from ..slicing import PLANES, plane_axis, slice_indices
 
 __all__ = ["SlicePerceptualLoss", "lpips_input"]
 
+# Ours, not MONAI PerceptualLoss: its AlexNet LPIPS downloads weights (no local path) and skips [-1, 1] + 64-px resize.
+
 log = logging.getLogger(__name__)
-
-
-def lpips_input(slices: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) slices -> (N, 3, H', W') LPIPS input, short side upsampled to at least 64."""
-    short = min(slices.shape[-2:])
-    if short < MIN_SIDE:
-        scale = MIN_SIDE / short
-        size = (max(MIN_SIDE, round(slices.shape[-2] * scale)), max(MIN_SIDE, round(slices.shape[-1] * scale)))
-        slices = F.interpolate(slices, size=size, mode="bilinear", align_corners=False)
-    return slices.expand(-1, 3, -1, -1)
 
 
 class SlicePerceptualLoss(nn.Module):
@@ -52,11 +44,14 @@ class SlicePerceptualLoss(nn.Module):
                  planes: Sequence[str] = tuple(PLANES), sampling: Literal["even", "random"] = "even",
                  sha256: str | None = None, allow_random: bool = False, network: nn.Module | None = None,
                  weights_option: str = "recipe.perceptual_weights=",
-                 allow_random_option: str = "recipe.allow_random_perceptual=true") -> None:
+                 allow_random_option: str = "recipe.allow_random_perceptual=true", spatial_dims: int = 3) -> None:
         """``network`` reuses an already loaded LPIPS module (e.g. the evaluation's) instead of loading one;
         ``weights_option``/``allow_random_option`` are the caller's config keys, named in the error when
-        no weights are found."""
+        no weights are found; ``spatial_dims`` 3 slices volumes, 2 compares images directly."""
         super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims={spatial_dims}: use 2 (images) or 3 (volumes)")
+        self.spatial_dims = spatial_dims
         if slices_per_plane < 1:
             raise ValueError(f"slices_per_plane={slices_per_plane} must be >= 1")
         if sampling not in ("even", "random"):
@@ -92,17 +87,23 @@ class SlicePerceptualLoss(nn.Module):
         s = x.index_select(2 + axis, idx).movedim(2 + axis, 2)  # (B, C, k, H, W)
         return s.reshape(-1, 1, *s.shape[-2:])
 
+    def _lpips(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Mean LPIPS of two stacks of one-channel images (N, 1, H, W) in [0, 1]."""
+        return self.network(lpips_input(a), lpips_input(b), normalize=True).mean()
+
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Scalar loss for volumes (B, C, X, Y, Z) in [0, 1] (each channel is sliced separately)."""
-        if recon.shape != target.shape or recon.dim() != 5:
-            raise ValueError(f"perceptual loss needs two volumes (B, C, X, Y, Z) of one shape, got "
-                             f"{tuple(recon.shape)} and {tuple(target.shape)}")
+        """Scalar loss for volumes (B, C, X, Y, Z) (``spatial_dims=3``; each channel is sliced separately)
+        or images (B, C, H, W) (``spatial_dims=2``; each channel is one image), values in [0, 1]."""
+        if recon.shape != target.shape or recon.dim() != 2 + self.spatial_dims:
+            layout = "volumes (B, C, X, Y, Z)" if self.spatial_dims == 3 else "images (B, C, H, W)"
+            raise ValueError(f"perceptual loss (spatial_dims={self.spatial_dims}) needs two {layout} of one shape, "
+                             f"got {tuple(recon.shape)} and {tuple(target.shape)}")
         r, t = recon.float(), target.float()
+        if self.spatial_dims == 2:
+            return self._lpips(r.reshape(-1, 1, *r.shape[-2:]), t.reshape(-1, 1, *t.shape[-2:]))
         per_plane = []
         for plane in self.planes:
             axis = plane_axis(plane)
             idx = self._indices(r.shape[2 + axis], r.device)
-            a = lpips_input(self._plane_slices(r, axis, idx))
-            b = lpips_input(self._plane_slices(t, axis, idx))
-            per_plane.append(self.network(a, b, normalize=True).mean())
+            per_plane.append(self._lpips(self._plane_slices(r, axis, idx), self._plane_slices(t, axis, idx)))
         return torch.stack(per_plane).mean()

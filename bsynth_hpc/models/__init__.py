@@ -22,7 +22,8 @@ __all__ = ["MODEL_FACTORIES", "build_model", "resolve_factory", "register_model"
 Factory = Callable[..., nn.Module]
 
 MODEL_FACTORIES: dict[str, str | Factory] = {
-    # Stage-A compressors (seed 003 §2.5.1-2.5.2, §3.1; seed 000 §5.1) and their discriminator.
+    # Stage-A compressors (seed 003 §2.5.1-2.5.2, §3.1; seed 000 §5.1) and their discriminator; these and the
+    # U-Net factories take spatial_dims (3 default, 2 for slices; the wavelet kinds are 3D only).
     "wf-vae": "bsynth_hpc.models.autoencoder:wf_vae",
     "wf-sa-vae": "bsynth_hpc.models.autoencoder:wf_sa_vae",
     "wavelet-vae": "bsynth_hpc.models.autoencoder:wavelet_vae",
@@ -38,9 +39,6 @@ MODEL_FACTORIES: dict[str, str | Factory] = {
     "dit3d": "bsynth_hpc.models.dit3d:build_dit3d",
     "unet3d-wfdm": "bsynth_hpc.models.unet3d:unet3d_wfdm",
     "unet3d": "bsynth_hpc.models.unet3d:build_unet3d",
-    # The engine's smoke stages (configs/smoke_*.yaml).
-    "smoke-vae": "bsynth_hpc.recipes.smoke:build_smoke_vae",
-    "smoke-denoiser": "bsynth_hpc.recipes.smoke:build_smoke_denoiser",
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

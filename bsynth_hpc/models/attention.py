@@ -1,9 +1,10 @@
-"""Multi-head self-attention over token sequences, shared by the denoisers.
+"""Multi-head self-attention over token sequences and over 2D/3D feature grids, shared by the models.
 
 ``SelfAttention`` is plain global attention through ``torch.nn.functional.scaled_dot_product_attention``
-(flash / memory-efficient kernels on GPU): the global blocks of DiT-3D (seed 000 §3.2) and the
-low-resolution attention of the conditional 3D U-Net (seed 003 §2.5.4). The head split/merge
-helpers are also used by DiT-3D's window attention.
+(flash / memory-efficient kernels on GPU): the global blocks of DiT-3D (seed 000 §3.2).
+``SpatialSelfAttention`` applies it to every position of a (B, C, *spatial) grid of any rank: the
+low-resolution attention of the conditional U-Net (seed 003 §2.5.4) and the deepest stage of
+WF-SA-VAE (003 §3.1). The head split/merge helpers are also used by DiT-3D's window attention.
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SelfAttention", "qkv_heads", "merge_heads"]
+from .checkpointing import CheckpointedBlock
+
+__all__ = ["SelfAttention", "SpatialSelfAttention", "qkv_heads", "merge_heads"]
 
 
 def qkv_heads(qkv: nn.Linear, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -41,3 +44,21 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = qkv_heads(self.qkv, x, self.num_heads)
         return self.proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+
+
+class SpatialSelfAttention(CheckpointedBlock):
+    """Residual global self-attention over the flattened grid of (B, C, *spatial), 2D or 3D:
+    GroupNorm -> tokens (B, N, C) -> :class:`SelfAttention` -> back to the grid, added to x.
+    ``zero_init`` zeroes the output projection (ADM: the block starts as the identity)."""
+
+    def __init__(self, channels: int, heads: int, groups: int, eps: float = 1e-6, zero_init: bool = False) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps)
+        self.attn = SelfAttention(channels, heads)
+        if zero_init:
+            nn.init.zeros_(self.attn.proj.weight)
+            nn.init.zeros_(self.attn.proj.bias)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        return x + self.attn(tokens).transpose(1, 2).reshape(x.shape)

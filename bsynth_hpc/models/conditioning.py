@@ -12,16 +12,29 @@
   input features; output width ``e_meta``.
 * :func:`drop_mask` - the per-sample Bernoulli draw behind CFG condition dropout, and
   :func:`classifier_free_guidance` - the guided combination of conditional/unconditional outputs.
+
+The conditioning interface every latent denoiser offers, so a training stage or a sampler never
+special-cases one model's inputs:
+
+* a :data:`Conditioning` is a dict of named (B, ...) tensors - ``{"modality", "metadata",
+  "metadata_mask"}`` for the WFDM U-Net, ``{"class"}`` for DiT-3D, ``{"clinical"}`` (a 7-D float
+  vector, seed 002) for the next recipe - passed as the denoiser's third argument;
+* the model (:class:`ConditionalDenoiser`) names its :class:`ConditionGroup` s (keys that CFG drops
+  together, each with its dropout rate) and gives its :meth:`~ConditionalDenoiser.null_condition`;
+* :func:`drop_groups` replaces chosen groups by the null condition sample by sample, and
+  :func:`cfg_dropout` draws which from one uniform per sample and group (a caller passes the
+  engine's per-sample draws, so the drops do not depend on how samples are spread over ranks).
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 
-from ..data.metadata import BINARY, CATEGORICAL, CONTINUOUS, FIELDS, FieldSpec
+from ..vocabulary import BINARY, CATEGORICAL, CONTINUOUS, FIELDS, FieldSpec
 
 __all__ = [
     "timestep_embedding",
@@ -31,7 +44,35 @@ __all__ = [
     "MetadataEncoder",
     "drop_mask",
     "classifier_free_guidance",
+    "Conditioning",
+    "ConditionGroup",
+    "ConditionalDenoiser",
+    "drop_groups",
+    "cfg_dropout",
 ]
+
+Conditioning = dict[str, torch.Tensor]
+"""Named condition tensors, each with the batch as its first axis (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class ConditionGroup:
+    """Condition keys that classifier-free guidance drops together, at rate ``dropout_prob``."""
+
+    name: str
+    keys: tuple[str, ...]
+    dropout_prob: float
+
+
+@runtime_checkable
+class ConditionalDenoiser(Protocol):
+    """What a latent denoiser offers besides ``forward(x, t, cond: Conditioning | None)``."""
+
+    def condition_groups(self) -> tuple[ConditionGroup, ...]:
+        """The groups of condition keys the model takes, in a fixed order."""
+
+    def null_condition(self, batch: int, device: torch.device | str) -> Conditioning:
+        """The unconditional input of every group (CFG's null branch)."""
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -97,6 +138,36 @@ def drop_mask(batch: int, prob: float, device: torch.device | str,
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """``uncond + scale * (cond - uncond)`` (Ho & Salimans); scale 1 is the conditional output."""
     return uncond + scale * (cond - uncond)
+
+
+def drop_groups(cond: Mapping[str, torch.Tensor], null: Mapping[str, torch.Tensor], groups: Sequence[ConditionGroup],
+                drops: Mapping[str, torch.Tensor]) -> Conditioning:
+    """``cond`` with the keys of each group in ``drops`` replaced by ``null``'s where that group's
+    (B,) bool mask is True; groups absent from ``cond`` or ``drops`` are left as they are."""
+    out = dict(cond)
+    for group in groups:
+        if group.name not in drops or not all(k in out for k in group.keys):
+            continue
+        for key in group.keys:
+            value = out[key]
+            mask = drops[group.name].to(value.device).reshape(-1, *([1] * (value.dim() - 1)))
+            out[key] = torch.where(mask, null[key].to(value.device, value.dtype), value)
+    return out
+
+
+def cfg_dropout(model: ConditionalDenoiser, cond: Mapping[str, torch.Tensor],
+                uniform: Callable[[str], torch.Tensor], prob: float | None = None) -> Conditioning:
+    """CFG condition dropout for training: group ``g`` of ``model`` is dropped where
+    ``uniform(g.name)`` ((B,) in [0, 1), one draw per sample) falls under its rate (``prob`` for
+    every group when given)."""
+    groups = tuple(model.condition_groups())
+    present = [g for g in groups if all(k in cond for k in g.keys)]
+    if not present:
+        return dict(cond)
+    batch = next(iter(cond.values())).shape[0]
+    null = model.null_condition(batch, next(iter(cond.values())).device)
+    drops = {g.name: uniform(g.name) < (g.dropout_prob if prob is None else prob) for g in present}
+    return drop_groups(cond, null, groups, drops)
 
 
 class LabelEmbedder(nn.Module):

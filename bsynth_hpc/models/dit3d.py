@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +53,17 @@ from torch import nn
 
 from .. import ops
 from ..errors import ConfigError
+from ..nn import WindowAttention3d
 from .attention import SelfAttention, merge_heads, qkv_heads
 from .checkpointing import CheckpointedBlock, set_activation_checkpointing
-from .conditioning import LabelEmbedder, TimestepEmbedder, batch_timesteps, classifier_free_guidance
+from .conditioning import (
+    ConditionGroup,
+    Conditioning,
+    LabelEmbedder,
+    TimestepEmbedder,
+    batch_timesteps,
+    classifier_free_guidance,
+)
 from .embeddings3d import Int3, PatchEmbed3d, as_int3, sincos_pos_embed_3d, token_grid, unpatchify
 from .presets import preset_config
 
@@ -162,8 +170,6 @@ class WindowedAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, grid: Sequence[int], window_size: Sequence[int],
                  shift_size: Sequence[int] = (0, 0, 0), qkv_bias: bool = True, rel_pos_bias: bool = True) -> None:
         super().__init__()
-        from ..nn import WindowAttention3d
-
         self.grid = as_int3(tuple(grid), "grid")
         # Swin: a window no smaller than the grid covers the axis whole and is not shifted there.
         window = tuple(min(w, g) for w, g in zip(window_size, self.grid))
@@ -250,7 +256,9 @@ class DiT3d(nn.Module):
     """DiT-3D noise predictor ``eps(x_t, t, y)`` for latents (B, in_channels, *input_size).
 
     ``forward(x, t, y=None)``: ``t`` (B,) timesteps (numbers, possibly fractional), ``y`` (B,)
-    class ids in 0..num_classes-1 or ``null_id`` (None: all null, i.e. unconditional). Returns
+    class ids in 0..num_classes-1 or ``null_id`` (None: all null, i.e. unconditional), or the
+    :data:`~bsynth_hpc.models.conditioning.Conditioning` ``{"class": y}`` (the shared interface:
+    :meth:`condition_groups`, :meth:`null_condition`). Returns
     (B, out_channels, *input_size); with ``learn_sigma`` the second half of the channels is the
     variance output. See the module docstring for the attention and conditioning design.
     """
@@ -312,8 +320,22 @@ class DiT3d(nn.Module):
         (default ``config.class_dropout_prob``)."""
         return self.y_embedder.drop(y, self.config.class_dropout_prob if prob is None else prob, generator)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None) -> torch.Tensor:
+    def condition_groups(self) -> tuple[ConditionGroup, ...]:
+        """One CFG group: the class id, dropped at ``class_dropout_prob``."""
+        return (ConditionGroup("class", ("class",), self.config.class_dropout_prob),)
+
+    def null_condition(self, batch: int, device: torch.device | str) -> Conditioning:
+        """``{"class": null ids}``: the unconditional input."""
+        return {"class": self.y_embedder.null_labels(batch, device)}
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float,
+                y: torch.Tensor | Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         c = self.config
+        if isinstance(y, Mapping):
+            unknown = sorted(set(y) - {"class"})
+            if unknown:
+                raise ValueError(f"DiT3d: unknown condition key(s) {unknown}; the only key is 'class'")
+            y = y.get("class")
         expected = (c.in_channels, *c.input_size)
         if x.dim() != 5 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"DiT3d: expected latents of shape (B, {', '.join(map(str, expected))}), got "

@@ -1,4 +1,4 @@
-"""Conditional 3D U-Net latent denoiser of WFDM (seed 003 §2.5.4-2.5.5).
+"""Conditional U-Net latent denoiser of WFDM (seed 003 §2.5.4-2.5.5), 3D or 2D (``spatial_dims``).
 
 ``eps = UNet3dConditional(z_t, t, cond)`` predicts the noise of a scaled latent z_t (§2.5.4),
 conditioned on c = (target modality tau, metadata values d, availability mask r) (§2.4 eq. 3).
@@ -10,12 +10,16 @@ Embedding path (§2.5.5):
 E is the U-Net embedding width (``embed_dim``, default 4 x base channels). The null modality id
 (``num_modalities``) and the all-missing metadata mask are the CFG null conditions.
 
-Network (ADM / MONAI DiffusionModelUNet layout): a 3x3x3 input convolution; per resolution level
+``spatial_dims`` 3 (the default: (B, C, X, Y, Z) latents) or 2 ((B, C, H, W) slice latents, the
+2D recipes of seeds 001/004) picks the convolutions, as MONAI's ``DiffusionModelUNet`` does; the
+parameter names do not depend on it. ``UNetConditional``/``UNetConfig`` are the same classes.
+
+Network (ADM / MONAI DiffusionModelUNet layout): a 3x3(x3) input convolution; per resolution level
 ``num_res_blocks`` residual blocks (optionally each followed by self-attention) and a stride-2
 convolution down; a middle res-attention-res block; the mirrored up path whose residual blocks
 take the concatenated skip features, with nearest-neighbour upsampling to the skip's exact size
 (so odd grids work: down-sampling rounds up, up-sampling restores the original size); finally
-GroupNorm-SiLU and a zero-initialised 3x3x3 output convolution.
+GroupNorm-SiLU and a zero-initialised 3x3(x3) output convolution.
 
 Residual block: h = conv1(GN-SiLU(x)); h = conv2(dropout(GN-SiLU(h) modulated)); out = skip(x) + h,
 where the second norm is ``bsynth_hpc.ops.group_norm_silu`` with the per-sample (scale, shift) =
@@ -33,25 +37,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.metadata import NUM_FIELDS
+from ..vocabulary import NUM_FIELDS
 from ..errors import ConfigError
-from .attention import SelfAttention
+from ..nn import GroupNormSiLU
+from .attention import SpatialSelfAttention
 from .checkpointing import CheckpointedBlock, set_activation_checkpointing
 from .conditioning import (
+    ConditionGroup,
     LabelEmbedder,
     MetadataEncoder,
     TimestepEmbedder,
     batch_timesteps,
     classifier_free_guidance,
+    drop_groups,
     drop_mask,
 )
 from .presets import preset_config
+from .spatial import check_spatial_dims, conv_nd
 
 __all__ = [
     "UNet3dConfig",
     "UNet3dConditional",
+    "UNetConfig",
+    "UNetConditional",
     "ResBlock3d",
-    "AttentionBlock3d",
     "COND_KEYS",
     "UNET3D_PRESETS",
     "unet3d_config",
@@ -96,6 +105,8 @@ class UNet3dConfig:
     modality_dropout_prob: float = 0.1
     metadata_dropout_prob: float = 0.1
     activation_checkpointing: bool = False
+    spatial_dims: int = 3
+    """3: volume latents (B, C, X, Y, Z); 2: slice latents (B, C, H, W)."""
 
     def __post_init__(self) -> None:
         for name in ("channel_mult", "attention_levels"):
@@ -116,6 +127,7 @@ class UNet3dConfig:
 
     def validate(self, where: str = "unet3d") -> None:
         """ConfigError naming the field and the fix for inconsistent settings."""
+        check_spatial_dims(self.spatial_dims, where)
         for name in ("in_channels", "base_channels", "num_res_blocks", "attention_heads", "norm_groups",
                      "num_modalities", "metadata_dim", "metadata_field_dim", "embedding_width", "output_channels"):
             if getattr(self, name) < 1:
@@ -147,19 +159,19 @@ class UNet3dConfig:
 class ResBlock3d(CheckpointedBlock):
     """Residual block with the embedding injected as adaptive GroupNorm scale/shift (module docstring)."""
 
-    def __init__(self, in_channels: int, out_channels: int, embed_dim: int, groups: int, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int, out_channels: int, embed_dim: int, groups: int, dropout: float = 0.0,
+                 spatial_dims: int = 3) -> None:
         super().__init__()
-        from ..nn import GroupNormSiLU
-
+        conv = conv_nd(spatial_dims)
         self.norm1 = GroupNormSiLU(groups, in_channels)
-        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = conv(in_channels, out_channels, 3, padding=1)
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, 2 * out_channels))
         self.norm2 = GroupNormSiLU(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = conv(out_channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.skip = conv(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(self.norm1(x))
@@ -168,25 +180,15 @@ class ResBlock3d(CheckpointedBlock):
         return self.skip(x) + h
 
 
-class AttentionBlock3d(CheckpointedBlock):
-    """x + MHSA(GroupNorm(x)) over all voxels of a (low-resolution) grid; output projection zero-initialised."""
-
-    def __init__(self, channels: int, heads: int, groups: int) -> None:
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
-        self.attn = SelfAttention(channels, heads)
-        nn.init.zeros_(self.attn.proj.weight)
-        nn.init.zeros_(self.attn.proj.bias)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.norm(x).flatten(2).transpose(1, 2)                # (B, N, C)
-        return x + self.attn(tokens).transpose(1, 2).reshape(x.shape)
+def _attention(channels: int, heads: int, groups: int) -> SpatialSelfAttention:
+    """x + MHSA(GroupNorm(x)) over all positions of a (low-resolution) grid; output projection zero-initialised."""
+    return SpatialSelfAttention(channels, heads, groups, eps=1e-5, zero_init=True)
 
 
 class _Stage(nn.Module):
     """One residual block, optionally followed by attention."""
 
-    def __init__(self, res: ResBlock3d, attn: AttentionBlock3d | None) -> None:
+    def __init__(self, res: ResBlock3d, attn: SpatialSelfAttention | None) -> None:
         super().__init__()
         self.res, self.attn = res, attn
 
@@ -196,11 +198,11 @@ class _Stage(nn.Module):
 
 
 class _Upsample(nn.Module):
-    """Nearest-neighbour resize to the skip's grid, then a 3x3x3 convolution."""
+    """Nearest-neighbour resize to the skip's grid, then a 3x3(x3) convolution."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, spatial_dims: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+        self.conv = conv_nd(spatial_dims)(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return self.conv(F.interpolate(x, size=tuple(size), mode="nearest"))
@@ -208,23 +210,22 @@ class _Upsample(nn.Module):
 
 # ============================================================================ model
 class UNet3dConditional(nn.Module):
-    """Modality- and metadata-conditioned 3D U-Net noise predictor (seed 003 §2.5.4-2.5.5).
+    """Modality- and metadata-conditioned U-Net noise predictor, 3D or 2D (seed 003 §2.5.4-2.5.5).
 
-    ``forward(x, t, cond=None)``: x (B, in_channels, X, Y, Z) (any grid size), t (B,) timesteps,
+    ``forward(x, t, cond=None)``: x (B, in_channels, X, Y[, Z]) (any grid size), t (B,) timesteps,
     ``cond`` a dict with keys ``modality`` (B,) long in 0..num_modalities-1 or the null id,
     ``metadata`` (B, 25) float and ``metadata_mask`` (B, 25) (``encode_metadata``'s values and
     mask). A missing key means its null condition (unconditional); a condition the model was
-    built without is an error. Returns (B, out_channels, X, Y, Z).
+    built without is an error. Returns (B, out_channels, *x's grid).
     """
 
     def __init__(self, config: UNet3dConfig | None = None, **overrides: Any) -> None:
-        from ..nn import GroupNormSiLU  # lazy: bsynth_hpc.nn loads the kernel modules on demand
-
         super().__init__()
         config = replace(config or UNet3dConfig(), **overrides)
         config.validate()
         self.config = config
-        c, emb_dim, groups = config, config.embedding_width, config.norm_groups
+        c, emb_dim, groups, sd = config, config.embedding_width, config.norm_groups, config.spatial_dims
+        conv = conv_nd(sd)
         chans = c.level_channels()
 
         self.time_embed = TimestepEmbedder(emb_dim)
@@ -235,11 +236,11 @@ class UNet3dConditional(nn.Module):
             self.embed_fuse = nn.Linear(2 * emb_dim, emb_dim)
 
         def stage(cin: int, cout: int, attention: bool) -> _Stage:
-            attn = AttentionBlock3d(cout, c.attention_heads, groups) if attention else None
-            return _Stage(ResBlock3d(cin, cout, emb_dim, groups, c.dropout), attn)
+            attn = _attention(cout, c.attention_heads, groups) if attention else None
+            return _Stage(ResBlock3d(cin, cout, emb_dim, groups, c.dropout, sd), attn)
 
         ch = chans[0]
-        self.conv_in = nn.Conv3d(c.in_channels, ch, 3, padding=1)
+        self.conv_in = conv(c.in_channels, ch, 3, padding=1)
         skips = [ch]
         self.down_stages = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
@@ -251,12 +252,12 @@ class UNet3dConditional(nn.Module):
                 skips.append(ch)
             self.down_stages.append(blocks)
             last = level == len(chans) - 1
-            self.downsamplers.append(nn.Identity() if last else nn.Conv3d(ch, ch, 3, stride=2, padding=1))
+            self.downsamplers.append(nn.Identity() if last else conv(ch, ch, 3, stride=2, padding=1))
             if not last:
                 skips.append(ch)
-        self.mid_res1 = ResBlock3d(ch, ch, emb_dim, groups, c.dropout)
-        self.mid_attn = AttentionBlock3d(ch, c.attention_heads, groups) if c.mid_attention else None
-        self.mid_res2 = ResBlock3d(ch, ch, emb_dim, groups, c.dropout)
+        self.mid_res1 = ResBlock3d(ch, ch, emb_dim, groups, c.dropout, sd)
+        self.mid_attn = _attention(ch, c.attention_heads, groups) if c.mid_attention else None
+        self.mid_res2 = ResBlock3d(ch, ch, emb_dim, groups, c.dropout, sd)
         self.up_stages = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
         for level in reversed(range(len(chans))):
@@ -265,9 +266,9 @@ class UNet3dConditional(nn.Module):
                 blocks.append(stage(ch + skips.pop(), chans[level], level in c.attention_levels))
                 ch = chans[level]
             self.up_stages.append(blocks)
-            self.upsamplers.append(_Upsample(ch) if level > 0 else nn.Identity())
+            self.upsamplers.append(_Upsample(ch, sd) if level > 0 else nn.Identity())
         self.out_norm = GroupNormSiLU(groups, ch)
-        self.conv_out = nn.Conv3d(ch, c.output_channels, 3, padding=1)
+        self.conv_out = conv(ch, c.output_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
         set_activation_checkpointing(self, c.activation_checkpointing)
@@ -323,20 +324,24 @@ class UNet3dConditional(nn.Module):
         """CFG condition dropout for training (independent per sample and condition): the modality
         becomes the null id with ``modality_prob`` and the metadata becomes all-missing (values and
         mask zeroed) with ``metadata_prob`` (defaults: the config's dropout rates)."""
+        rates = {"modality": modality_prob, "metadata": metadata_prob}
+        groups = [g for g in self.condition_groups() if all(k in cond for k in g.keys)]
+        if not groups:
+            return dict(cond)
+        first = cond[groups[0].keys[0]]
+        drops = {g.name: drop_mask(first.shape[0], g.dropout_prob if rates[g.name] is None else rates[g.name],
+                                   first.device, generator) for g in groups}
+        return drop_groups(cond, self.null_condition(first.shape[0], first.device), groups, drops)
+
+    def condition_groups(self) -> tuple[ConditionGroup, ...]:
+        """The CFG groups of the enabled inputs (``models.conditioning``): modality, metadata + mask."""
         c = self.config
-        out = dict(cond)
-        if "modality" in out:
-            m = out["modality"]
-            drop = drop_mask(m.shape[0], c.modality_dropout_prob if modality_prob is None else modality_prob,
-                             m.device, generator)
-            out["modality"] = torch.where(drop, torch.full_like(m, self.null_modality), m)
-        if "metadata" in out:
-            values, mask = out["metadata"], out["metadata_mask"]
-            drop = drop_mask(values.shape[0], c.metadata_dropout_prob if metadata_prob is None else metadata_prob,
-                             values.device, generator)[:, None]
-            out["metadata"] = torch.where(drop, torch.zeros_like(values), values)
-            out["metadata_mask"] = torch.where(drop, torch.zeros_like(mask), mask)
-        return out
+        groups = []
+        if c.modality_conditioning:
+            groups.append(ConditionGroup("modality", ("modality",), c.modality_dropout_prob))
+        if c.metadata_conditioning:
+            groups.append(ConditionGroup("metadata", ("metadata", "metadata_mask"), c.metadata_dropout_prob))
+        return tuple(groups)
 
     def embed(self, t: torch.Tensor | float, cond: Mapping[str, torch.Tensor] | None, batch: int,
               device: torch.device) -> torch.Tensor:
@@ -353,9 +358,11 @@ class UNet3dConditional(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, t: torch.Tensor | float,
                 cond: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        if x.dim() != 5 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"UNet3dConditional: expected (B, {self.config.in_channels}, X, Y, Z) latents, got "
-                             f"{tuple(x.shape)}")
+        sd = self.config.spatial_dims
+        if x.dim() != 2 + sd or x.shape[1] != self.config.in_channels:
+            layout = ", ".join(("X", "Y", "Z")[:sd])
+            raise ValueError(f"UNet3dConditional: expected (B, {self.config.in_channels}, {layout}) latents "
+                             f"(spatial_dims={sd}), got {tuple(x.shape)}")
         emb = self.embed(t, cond, x.shape[0], x.device)
         h = self.conv_in(x)
         hs = [h]
@@ -387,6 +394,11 @@ class UNet3dConditional(nn.Module):
         t = batch_timesteps(t, b, x.device)
         cond_out, uncond_out = self(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         return classifier_free_guidance(cond_out, uncond_out, scale)
+
+
+UNetConfig = UNet3dConfig
+UNetConditional = UNet3dConditional
+"""Dimension-neutral names of the same classes (``spatial_dims`` in the config)."""
 
 
 # ============================================================================ registry

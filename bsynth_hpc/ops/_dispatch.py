@@ -1,6 +1,6 @@
 """Choose the implementation of a fast op: Triton kernel or PyTorch reference.
 
-Rules (shared/DESIGN.md, "One facade for the fast ops"):
+Rules (docs/design.md, "One facade for the fast ops"):
   * BSYNTH_DISABLE_TRITON=1 (or `set_triton_enabled(False)`) -> always the reference;
   * tensors on CUDA and Triton importable                     -> Triton;
   * TRITON_INTERPRET=1 and Triton importable                  -> Triton, also on CPU tensors

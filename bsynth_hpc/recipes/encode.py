@@ -31,7 +31,13 @@ from typing import Any, Sequence
 
 import torch
 
+from ..data.dataset import VolumeDataset
+from ..data.latent_cache import LatentCache
+from ..engine.distributed import discover
+from ..engine.export import load_exported
 from ..errors import ConfigError
+from .common.outputs import store_affine
+from .common.provenance import check_cache_matches_export
 
 __all__ = ["encode_store", "encode_from_args", "resolve_export_name", "rank_and_world"]
 
@@ -42,8 +48,6 @@ def _log(msg: str) -> None:
 
 def rank_and_world() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) of this process (torchrun / srun / mpiexec / single)."""
-    from ..engine.distributed import discover
-
     info = discover(use_mpi=False)
     return info.rank, info.world_size, info.local_rank
 
@@ -81,8 +85,6 @@ def encoding_modalities(requested: Sequence[str] | None, compressor_meta: dict[s
 
 def _remove_cache(out: Path) -> None:
     """Delete a latent cache for --reencode (only something that is one: never another folder)."""
-    from ..data.latent_cache import LatentCache
-
     LatentCache(out, mode="r")  # raises StoreError when ``out`` is not a latent cache
     shutil.rmtree(out)
 
@@ -93,11 +95,6 @@ def encode_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str],
                  reencode: bool = False) -> Path:
     """Encode ``store`` (one split or all, the compressor's modalities unless ``modalities``) into the
     latent cache ``out``; returns ``out``. ``reencode`` replaces an existing cache at ``out``."""
-    from ..data.dataset import VolumeDataset
-    from ..data.latent_cache import LatentCache
-    from ..engine.export import load_exported
-    from .common.outputs import store_affine
-
     if batch_size < 1:
         raise ConfigError(f"--batch-size={batch_size} must be >= 1")
     rank, world, local_rank = rank_and_world()
@@ -107,8 +104,6 @@ def encode_store(run_dir: str | os.PathLike[str], store: str | os.PathLike[str],
     if not hasattr(model, "encode_latent"):
         raise ConfigError(f"export {name!r} of {run_dir} ({meta.get('factory')}) is not a compressor: it has no "
                           "encode_latent(); pass the stage-A run and its compressor export")
-    from .common.provenance import check_cache_matches_export
-
     mods = encoding_modalities(modalities, meta)
     ds = VolumeDataset(store, split=split, modalities=mods)
     if reencode and world > 1:

@@ -1,4 +1,4 @@
-"""Synthetic-augmentation classifier study (seed 000 §5.3).
+"""Synthetic-augmentation classifier study (seed 000 §5.3; the papers are listed in docs/references.md).
 
 A 2D CNN (EfficientNet-V2-S whose first convolution takes ``n_slices`` coronal slices around the
 volume centre as channels; one sigmoid output, BCE loss; Adam with cosine annealing and warm
@@ -32,10 +32,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from torch import nn
 
 from ..argtypes import device_name, float_at_least, int_at_least, output_folder
-from ..errors import ConfigError, InputError
+from ..data.dataset import VolumeDataset
+from ..data.finalize import load_index
+from ..data.store import VolumeStore
+from ..errors import ConfigError, InputError, StoreError
 
 METRICS = ("f1", "precision", "recall", "accuracy", "auc_roc", "aucpr")
 SEED000_CORONAL_MM = 136.0   # 000 §5.3.1: 136 coronal slices at 1 mm as the classifier's channels
@@ -43,29 +47,15 @@ CORONAL_AXIS = 1  # the store is RAS: (X = left-right, Y = posterior-anterior, Z
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def _rankdata(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    sx = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
-
-
 def roc_auc(y_true: Sequence[int], scores: Sequence[float]) -> float:
-    """AUC-ROC = Mann-Whitney U / (n_pos * n_neg); NaN when only one class is present."""
+    """AUC-ROC = Mann-Whitney U / (n_pos * n_neg), ties given their average rank
+    (``scipy.stats.rankdata``); NaN when only one class is present."""
     y = np.asarray(y_true, dtype=np.int64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = _rankdata(s)
+    ranks = rankdata(s, method="average")
     u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
 
@@ -129,9 +119,6 @@ def _fit_shape(vol: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 def _load_real(store: Path, split: str, classes: Sequence[str], n_slices: int,
                modality: str | None = "T1w") -> tuple[list[np.ndarray], list[int], tuple[int, ...]]:
-    from ..data.dataset import VolumeDataset
-    from ..errors import StoreError
-
     try:
         ds = VolumeDataset(store, split=split, modalities=[modality] if modality else None)
     except StoreError:  # no volume of that modality in the split
@@ -321,8 +308,6 @@ def run_augment_study(store: str | Path, synthetic_dir: str | Path, out_dir: str
 
 def seed000_slices(store: Path) -> int:
     """Seed 000's 136 coronal 1-mm slices as the same span of the store's grid (34 at 4 mm)."""
-    from ..data.store import VolumeStore
-
     info = VolumeStore(store).info
     spacing = float((info.get("spacing") or (1.0, 1.0, 1.0))[CORONAL_AXIS])
     depth = int(info["shape"][CORONAL_AXIS])
@@ -362,8 +347,6 @@ def stratified_pick(labels: Sequence[int], k: int, rng: np.random.Generator) -> 
 
 
 def _has_split(store: Path, split: str) -> bool:
-    from ..data.finalize import load_index
-
     info, _ = load_index(store)
     return split in set(info["splits"]["assignment"].values())
 

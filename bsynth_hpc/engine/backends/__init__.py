@@ -9,7 +9,9 @@ from torch import nn
 from ...errors import ConfigError
 from ..config import EngineConfig
 from ..stage import Phase
+from ..ds_config import build_ds_config
 from .base import StepResult, TrainUnit, resolve_backend
+from .torch_native import TorchUnit
 
 BACKENDS = ("single", "ddp", "deepspeed")
 
@@ -34,8 +36,7 @@ def build_units(kind: str, models: dict[str, nn.Module], phases: list[Phase], en
     units: dict[str, TrainUnit] = {}
     ds_config: dict[str, Any] | None = None
     if kind == "deepspeed":
-        from ..ds_config import build_ds_config
-        from .deepspeed_unit import DeepSpeedUnit
+        from .deepspeed_unit import DeepSpeedUnit  # lazy: deepspeed is optional and heavy
 
         ds_config = build_ds_config(engine, world_size, device.type == "cuda")
     for phase in phases:
@@ -44,8 +45,6 @@ def build_units(kind: str, models: dict[str, nn.Module], phases: list[Phase], en
             assert ds_config is not None
             units[phase.name] = DeepSpeedUnit(phase, module.to(device), device, ds_config, engine.precision)
         else:
-            from .torch_native import TorchUnit
-
             units[phase.name] = TorchUnit(phase, module, device, engine.precision, engine.clip_grad,
                                           ddp=kind == "ddp")
     return units

@@ -23,6 +23,8 @@ from typing import Any, ContextManager, Iterator
 import torch
 from torch import nn
 
+from ...errors import ConfigError
+from ..checkpoint import _in_checkpoint, describe_load_error
 from ..errors import CheckpointDamagedError, CheckpointMismatchError
 from ..stage import Phase
 from .base import StepResult, TrainUnit, ema_full_state, mismatch_error, parse_load_state_error
@@ -35,8 +37,6 @@ def import_deepspeed() -> Any:
     try:
         import deepspeed
     except ImportError as exc:  # pragma: no cover - deepspeed is a dev/slurm dependency
-        from ...errors import ConfigError
-
         raise ConfigError("engine.backend=deepspeed needs DeepSpeed: `pip install -e .[slurm]` "
                           "(or use engine.backend=ddp)") from exc
     from deepspeed.utils import logger as ds_logger
@@ -65,8 +65,6 @@ def _weights_only_engine(base: Any) -> Any:
 
     class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):  # type: ignore[misc, valid-type]
         def load(self, path: str, map_location: Any = None) -> Any:
-            from ..checkpoint import _in_checkpoint, describe_load_error
-
             try:
                 with torch.serialization.safe_globals(_safe_globals()):
                     return torch.load(path, map_location=map_location, weights_only=True)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
+from ..checkpoint import load_torch, save_torch
 from ..errors import CheckpointDamagedError, CheckpointMismatchError
 from ..stage import Phase
 from .base import StepResult, TrainUnit, ema_full_state, mismatch_error, run_config_of, state_mismatch
@@ -106,15 +107,11 @@ class TorchUnit(TrainUnit):
 
     def save(self, directory: Path, is_main: bool) -> None:
         if is_main:
-            from ..checkpoint import save_torch
-
             save_torch(self.state_dict(), directory / "models" / f"{self.phase.model}.pt")
 
     def load(self, directory: Path) -> None:
         """Weights, optimizer and scaler from ``models/<model>.pt``; a model whose shapes changed since the
         checkpoint was written is refused before anything is copied (CheckpointMismatchError, one line)."""
-        from ..checkpoint import load_torch
-
         model = self.phase.model
         path = directory / "models" / f"{model}.pt"
         if not path.is_file():

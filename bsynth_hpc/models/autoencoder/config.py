@@ -19,6 +19,10 @@ Levels. The trunk runs at ``num_levels = log2(f) - dwt_levels + 1`` resolutions,
 ``base_channels * channel_mult[i]`` channels and ``num_res_blocks`` ResNet blocks, with a learned
 x2 downsampling between levels. ``attention`` adds a global self-attention block after each
 ResNet block of the deepest level (WF-SA-VAE).
+
+Dimensions. ``spatial_dims`` 3 (volumes, the default) or 2 (slices: the same trunk with 2D
+convolutions, e.g. 1x128^2 -> 8x16^2 with f = 8 for seeds 001/004). The Haar DWT is 3D only (the ops
+facade has no 2D kernel), so the wavelet kinds refuse ``spatial_dims=2``: use ``kind="conv"``.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ...errors import ConfigError
+from ..spatial import check_spatial_dims
 
 CompressorKind = Literal["conv", "wavelet_fusion", "wavelet"]
 KINDS: tuple[str, ...] = ("conv", "wavelet_fusion", "wavelet")
@@ -70,6 +75,8 @@ class CompressorConfig:
     input up to the next multiple of f and crop the reconstruction back."""
     checkpointing: bool = False
     """Activation checkpointing of every ResNet/attention block (recompute in backward)."""
+    spatial_dims: int = 3
+    """3: volumes (B, C, X, Y, Z); 2: slices (B, C, H, W), conv kind only (module docstring)."""
 
     def __post_init__(self) -> None:
         for name in ("channel_mult", "subbands"):  # YAML/JSON give lists
@@ -114,6 +121,9 @@ class CompressorConfig:
                 raise ConfigError(f"{where}: {msg}")
 
         need(self.kind in KINDS, f"kind={self.kind!r} is not one of {', '.join(KINDS)}")
+        check_spatial_dims(self.spatial_dims, where)
+        need(self.spatial_dims == 3 or self.kind == "conv",
+             f"kind={self.kind!r} needs spatial_dims=3 (its Haar DWT is 3D only); use kind='conv' for 2D slices")
         f = self.downsample_factor
         need(isinstance(f, int) and f >= 1 and f & (f - 1) == 0,
              f"downsample_factor={f} must be a power of two (1, 2, 4, 8, ...)")

@@ -1,10 +1,13 @@
-"""`Autoencoder3d`: the Stage-A compressor family (seed 003 §2.5.1-2.5.2, §3.1; seed 000 §3.1, §5.1).
+"""`Autoencoder`: the Stage-A compressor family (seed 003 §2.5.1-2.5.2, §3.1; seed 000 §3.1, §5.1), 2D or 3D.
 
 One network, variants by :class:`CompressorConfig` (WF-VAE, WF-SA-VAE, Wavelet VAE, VAE-GAN,
 TLE VAE-GAN): an image transform (:mod:`.wavelet`) feeds an encoder trunk (:mod:`.trunk`) that
 outputs a diagonal Gaussian posterior (mu and log sigma^2 from separate 1x1x1 convs, log sigma^2
 clamped); a mirrored decoder trunk produces the transform's coefficients, which the transform
 inverts into the image.
+
+``config.spatial_dims`` is 3 (volumes (B, C, X, Y, Z)) or 2 (slices (B, C, H, W)); ``Autoencoder3d``
+is the same class (the name exports and recipes use).
 
 Spatial sizes: the latent is the input divided by f per axis. Sizes that are not multiples of f
 raise :class:`~bsynth_hpc.errors.InputError` unless ``pad_input`` is set, in which case the
@@ -24,10 +27,10 @@ from .blocks import set_activation_checkpointing
 from .config import CompressorConfig, preset_config
 from .posterior import DiagonalGaussian
 from .tiling import Blend, tiled_decode
-from .trunk import Decoder3d, Encoder3d
+from .trunk import Decoder, Encoder
 from .wavelet import PixelTransform, WaveletFusion, WaveletStack
 
-__all__ = ["Autoencoder3d", "build_compressor"]
+__all__ = ["Autoencoder", "Autoencoder3d", "build_compressor"]
 
 
 def _transform(cfg: CompressorConfig) -> PixelTransform:
@@ -38,8 +41,8 @@ def _transform(cfg: CompressorConfig) -> PixelTransform:
     return PixelTransform(cfg.in_channels)
 
 
-class Autoencoder3d(nn.Module):
-    """3D VAE compressor: ``encode`` -> posterior, ``decode`` -> image (see the module docstring)."""
+class Autoencoder(nn.Module):
+    """VAE compressor: ``encode`` -> posterior, ``decode`` -> image (see the module docstring)."""
 
     def __init__(self, config: CompressorConfig | None = None, **overrides: Any) -> None:
         super().__init__()
@@ -50,10 +53,11 @@ class Autoencoder3d(nn.Module):
         dwt = self.transform.dwt_levels
         sides = {e - dwt: ch for e, ch in self.transform.side_channels.items()}
         common = dict(channels=cfg.channels, num_res_blocks=cfg.num_res_blocks, groups=cfg.norm_groups,
-                      eps=cfg.norm_eps, attention=cfg.attention, heads=cfg.attention_heads)
-        self.encoder = Encoder3d(self.transform.front_channels, latent_channels=cfg.latent_channels,
+                      eps=cfg.norm_eps, attention=cfg.attention, heads=cfg.attention_heads,
+                      spatial_dims=cfg.spatial_dims)
+        self.encoder = Encoder(self.transform.front_channels, latent_channels=cfg.latent_channels,
                                  side_inputs=sides, fusion=cfg.encoder_fusion, **common)
-        self.decoder = Decoder3d(cfg.latent_channels, out_channels=self.transform.front_channels,
+        self.decoder = Decoder(cfg.latent_channels, out_channels=self.transform.front_channels,
                                  side_outputs=sides, **common)
         self._side_exponent = {e - dwt: e for e in self.transform.side_channels}  # trunk level -> exponent
         set_activation_checkpointing(self, cfg.checkpointing)
@@ -67,8 +71,12 @@ class Autoencoder3d(nn.Module):
     def latent_channels(self) -> int:
         return self.config.latent_channels
 
+    @property
+    def spatial_dims(self) -> int:
+        return self.config.spatial_dims
+
     def latent_shape(self, spatial: Sequence[int]) -> tuple[int, ...]:
-        """(C_z, x, y, z) of the latent of a volume with spatial size ``spatial`` (after padding)."""
+        """(C_z, x, y[, z]) of the latent of an image with spatial size ``spatial`` (after padding)."""
         f = self.downsample_factor
         self._check_spatial(tuple(spatial))
         return (self.latent_channels,) + tuple(-(-int(n) // f) for n in spatial)
@@ -82,10 +90,15 @@ class Autoencoder3d(nn.Module):
         return self.config.to_dict()
 
     # ------------------------------------------------------------------ shape handling
+    def _layout(self, latent: bool = False) -> str:
+        axes = ("x", "y", "z") if latent else ("X", "Y", "Z")
+        return ", ".join(axes[:self.spatial_dims])
+
     def _check_spatial(self, spatial: tuple[int, ...]) -> None:
         f = self.downsample_factor
-        if len(spatial) != 3:
-            raise InputError(f"compressor expects 3 spatial dims (B, C, X, Y, Z), got spatial shape {spatial}")
+        if len(spatial) != self.spatial_dims:
+            raise InputError(f"compressor expects {self.spatial_dims} spatial dims (B, C, {self._layout()}), got "
+                             f"spatial shape {spatial}")
         bad = [(a, n) for a, n in enumerate(spatial) if n % f]
         if bad and not self.config.pad_input:
             raise InputError(
@@ -93,26 +106,31 @@ class Autoencoder3d(nn.Module):
                 f"(axis {bad[0][0]} has {bad[0][1]}); crop/pad volumes to multiples of {f} or set pad_input=True")
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5 or x.shape[1] != self.config.in_channels:
-            raise InputError(f"compressor expects (B, {self.config.in_channels}, X, Y, Z), got shape {tuple(x.shape)}")
+        if x.dim() != 2 + self.spatial_dims or x.shape[1] != self.config.in_channels:
+            raise InputError(f"compressor expects (B, {self.config.in_channels}, {self._layout()}), got shape "
+                             f"{tuple(x.shape)}")
         spatial = tuple(x.shape[2:])
         self._check_spatial(spatial)
         f = self.downsample_factor
         pad = [(-n) % f for n in spatial]
         if any(pad):
-            x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+            x = F.pad(x, tuple(p for n in reversed(pad) for p in (0, n)), mode="replicate")
         return x
 
-    @staticmethod
-    def _crop(y: torch.Tensor, output_shape: Sequence[int] | None) -> torch.Tensor:
+    def _crop(self, y: torch.Tensor, output_shape: Sequence[int] | None) -> torch.Tensor:
         if output_shape is None:
             return y
-        X, Y, Z = (int(s) for s in tuple(output_shape)[-3:])
-        return y[:, :, :X, :Y, :Z]
+        keep = tuple(slice(0, int(s)) for s in tuple(output_shape)[-self.spatial_dims:])
+        return y[(slice(None), slice(None)) + keep]
+
+    def _check_latent(self, z: torch.Tensor) -> None:
+        if z.dim() != 2 + self.spatial_dims or z.shape[1] != self.latent_channels:
+            raise InputError(f"decode expects a latent (B, {self.latent_channels}, {self._layout(latent=True)}), "
+                             f"got shape {tuple(z.shape)}")
 
     # ------------------------------------------------------------------ API
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        """q(z|x): a :class:`DiagonalGaussian` with mean/logvar (B, C_z, X/f, Y/f, Z/f)."""
+        """q(z|x): a :class:`DiagonalGaussian` with mean/logvar (B, C_z, X/f, Y/f[, Z/f])."""
         front, sides = self.transform.analyze(self._prepare(x))
         dwt = self.transform.dwt_levels
         mean, logvar = self.encoder(front, {e - dwt: t for e, t in sides.items()})
@@ -123,9 +141,8 @@ class Autoencoder3d(nn.Module):
         return self.encode(x).mean
 
     def decode(self, z: torch.Tensor, output_shape: Sequence[int] | None = None) -> torch.Tensor:
-        """Image from latent ``z``; ``output_shape`` (X, Y, Z) crops a padded reconstruction."""
-        if z.dim() != 5 or z.shape[1] != self.latent_channels:
-            raise InputError(f"decode expects a latent (B, {self.latent_channels}, x, y, z), got shape {tuple(z.shape)}")
+        """Image from latent ``z``; ``output_shape`` (X, Y[, Z]) crops a padded reconstruction."""
+        self._check_latent(z)
         main, sides = self.decoder(z)
         image = self.transform.synthesize(main, {self._side_exponent[lvl]: t for lvl, t in sides.items()})
         return self._crop(image, output_shape)
@@ -135,8 +152,7 @@ class Autoencoder3d(nn.Module):
                      output_shape: Sequence[int] | None = None,
                      output_device: torch.device | str | None = None) -> torch.Tensor:
         """Sliding-window :meth:`decode` (sizes in latent voxels; see :mod:`.tiling` for exactness)."""
-        if z.dim() != 5 or z.shape[1] != self.latent_channels:
-            raise InputError(f"decode expects a latent (B, {self.latent_channels}, x, y, z), got shape {tuple(z.shape)}")
+        self._check_latent(z)
         y = tiled_decode(self.decode, z, self.downsample_factor, tile, overlap, margin, blend,
                          output_device=output_device)
         return self._crop(y, output_shape)
@@ -154,31 +170,36 @@ class Autoencoder3d(nn.Module):
         return self.decode(self.encode(x).mean, x.shape[2:])
 
 
-def build_compressor(preset: str = "wf-vae", **overrides: Any) -> Autoencoder3d:
-    """An :class:`Autoencoder3d` from a named preset (``config.PRESETS``) with field overrides."""
-    return Autoencoder3d(preset_config(preset, **overrides))
+Autoencoder3d = Autoencoder
+"""The historic name (registry entry "autoencoder3d" and format-1 sidecars name ``model:Autoencoder3d``)."""
 
 
-def wf_vae(**overrides: Any) -> Autoencoder3d:
+def build_compressor(preset: str = "wf-vae", **overrides: Any) -> Autoencoder:
+    """An :class:`Autoencoder` from a named preset (``config.PRESETS``) with field overrides
+    (``spatial_dims=2`` for slices)."""
+    return Autoencoder(preset_config(preset, **overrides))
+
+
+def wf_vae(**overrides: Any) -> Autoencoder:
     """WF-VAE (003 §2.5.2)."""
     return build_compressor("wf-vae", **overrides)
 
 
-def wf_sa_vae(**overrides: Any) -> Autoencoder3d:
+def wf_sa_vae(**overrides: Any) -> Autoencoder:
     """WF-SA-VAE: WF-VAE with self-attention in the deepest stage (003 §3.1)."""
     return build_compressor("wf-sa-vae", **overrides)
 
 
-def wavelet_vae(**overrides: Any) -> Autoencoder3d:
+def wavelet_vae(**overrides: Any) -> Autoencoder:
     """Wavelet VAE: fixed two-stage DWT + light bottleneck (003 §3.1)."""
     return build_compressor("wavelet-vae", **overrides)
 
 
-def vae_gan(**overrides: Any) -> Autoencoder3d:
+def vae_gan(**overrides: Any) -> Autoencoder:
     """Plain conv VAE-GAN baseline (003 §3.1)."""
     return build_compressor("vae-gan", **overrides)
 
 
-def tle_vaegan(**overrides: Any) -> Autoencoder3d:
+def tle_vaegan(**overrides: Any) -> Autoencoder:
     """The TLE VAE-GAN of seed 000 §5.1 (three ResNet blocks, two downsampling, f = 4)."""
     return build_compressor("tle-vaegan", **overrides)

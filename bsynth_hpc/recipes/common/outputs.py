@@ -1,13 +1,17 @@
-"""Writing generated volumes: NIfTI with the store's RAS affine + tri-planar PNG previews + a CSV.
+"""Writing generated volumes and slices: NIfTI with the store's affine + PNG previews + a CSV.
 
-Shared by every 3D sampler (``bsynth sample wfdm``, ``bsynth sample dit3d``)::
+Shared by every sampler (``bsynth sample wfdm``, ``bsynth sample dit3d``, the 2D slice recipes)::
 
     paths = write_samples(volumes, affine, out_dir, names)          # out_dir/<name>.nii.gz + previews/<name>.png
+    paths = write_samples(slices, None, out_dir, names, spatial_dims=2)   # out_dir/<name>.png
     write_samples_csv(out_dir, rows)                                # out_dir/samples.csv (bsynth eval synth reads it)
 
-``volumes`` is (N, X, Y, Z) or (N, 1, X, Y, Z), array or tensor, in the preprocessed [0, 1] space
+3D: ``volumes`` is (N, X, Y, Z) or (N, 1, X, Y, Z), array or tensor, in the preprocessed [0, 1] space
 (values are clipped to it); the voxel order is the store's (RAS after preprocessing), so the
-store's affine places the sample exactly where a real volume of that store lies.
+store's affine places the sample exactly where a real volume of that store lies; previews are
+tri-planar. 2D (``spatial_dims=2``): (N, H, W) or (N, 1, H, W) slices in the image order of a slice
+store (row = first axis, as ``bsynth prep --slices`` read them), written as 8-bit PNG (the sample
+and its preview at once) and, when an affine is given (a 3x3 in-plane one or a 4x4), also as a 2D NIfTI.
 """
 from __future__ import annotations
 
@@ -20,9 +24,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ...data.intensity import denormalize
+from ...data.store import VolumeStore
 from ...errors import ConfigError
 
-__all__ = ["write_samples", "write_nifti", "write_preview", "triplanar", "write_samples_csv", "store_affine",
+__all__ = ["write_samples", "write_nifti", "write_preview", "write_png", "triplanar", "preview_image",
+           "nifti_affine", "write_samples_csv", "store_affine",
            "read_samples_csv", "continue_numbering", "resample_to_grid", "OutputSpace",
            "output_space",
            "decode_latents", "decode_tile_from_env"]
@@ -57,7 +64,7 @@ def decode_latents(vae: Any, z: Any, volume_shape: Sequence[int] | None, tile: i
     return vae.decode_tiled(z, tile=int(tile), overlap=ov, output_shape=volume_shape)
 
 
-def _as_numpy(volume: Any) -> np.ndarray:
+def _as_numpy(volume: Any, spatial_dims: int = 3) -> np.ndarray:
     try:
         import torch
 
@@ -66,17 +73,32 @@ def _as_numpy(volume: Any) -> np.ndarray:
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
     arr = np.asarray(volume, dtype=np.float32)
-    while arr.ndim > 3 and arr.shape[0] == 1:
+    while arr.ndim > spatial_dims and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.ndim != 3:
-        raise ValueError(f"a sample volume must be (X, Y, Z) (or with a leading channel of 1), got {arr.shape}")
+    if arr.ndim != spatial_dims:
+        layout = "(X, Y, Z)" if spatial_dims == 3 else "(H, W)"
+        raise ValueError(f"a sample {'volume' if spatial_dims == 3 else 'slice'} must be {layout} (or with a "
+                         f"leading channel of 1), got {arr.shape}")
     return arr
+
+
+def nifti_affine(affine: Any) -> np.ndarray:
+    """A 4x4 NIfTI affine from a 4x4 one, a 3x3 in-plane (2D homogeneous) one, or None (unit spacing)."""
+    if affine is None:
+        return np.eye(4)
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape == (4, 4):
+        return a
+    if a.shape == (3, 3):
+        out = np.eye(4)
+        out[np.ix_([0, 1], [0, 1])] = a[:2, :2]
+        out[:2, 3] = a[:2, 2]
+        return out
+    raise ValueError(f"an affine must be 4x4 (or 3x3 for a 2D slice), got shape {a.shape}")
 
 
 def store_affine(store: str | os.PathLike[str]) -> np.ndarray:
     """The RAS affine of a preprocessed store (every volume of a store shares the output grid)."""
-    from ...data.store import VolumeStore
-
     s = VolumeStore(store)
     for vid in s.volume_ids():
         affine = s.record(vid).get("affine")
@@ -86,12 +108,15 @@ def store_affine(store: str | os.PathLike[str]) -> np.ndarray:
     return np.diag([*map(float, spacing), 1.0])
 
 
-def write_nifti(volume: Any, affine: Any, path: str | os.PathLike[str], clip01: bool = True) -> Path:
-    """One float32 NIfTI with ``affine`` (clipped to [0, 1] unless ``clip01`` is false), written atomically."""
+def write_nifti(volume: Any, affine: Any, path: str | os.PathLike[str], clip01: bool = True,
+                spatial_dims: int = 3) -> Path:
+    """One float32 NIfTI with ``affine`` (clipped to [0, 1] unless ``clip01`` is false), written atomically;
+    a 2D slice (``spatial_dims=2``) takes a 4x4 or 3x3 affine (:func:`nifti_affine`)."""
     import nibabel as nib
 
-    arr = np.clip(_as_numpy(volume), 0.0, 1.0) if clip01 else _as_numpy(volume)
-    aff = np.asarray(affine, dtype=np.float64).reshape(4, 4)
+    arr = _as_numpy(volume, spatial_dims)
+    arr = np.clip(arr, 0.0, 1.0) if clip01 else arr
+    aff = nifti_affine(affine) if spatial_dims == 2 else np.asarray(affine, dtype=np.float64).reshape(4, 4)
     img = nib.Nifti1Image(arr, aff)
     img.set_qform(aff, code=1)
     img.set_sform(aff, code=1)
@@ -104,6 +129,10 @@ def write_nifti(volume: Any, affine: Any, path: str | os.PathLike[str], clip01: 
     return path
 
 
+def _uint8(arr: np.ndarray) -> np.ndarray:
+    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def triplanar(volume: Any) -> np.ndarray:
     """Mid sagittal | coronal | axial slices side by side (uint8, radiological display: superior up)."""
     arr = np.clip(_as_numpy(volume), 0.0, 1.0)
@@ -112,20 +141,30 @@ def triplanar(volume: Any) -> np.ndarray:
     panels = [np.flipud(v.T) for v in views]  # rows: superior (or anterior) at the top
     h = max(p.shape[0] for p in panels)
     padded = [np.pad(p, ((0, h - p.shape[0]), (0, 2))) for p in panels]
-    return (np.concatenate(padded, axis=1) * 255.0 + 0.5).astype(np.uint8)
+    return _uint8(np.concatenate(padded, axis=1))
 
 
-def write_preview(volume: Any, path: str | os.PathLike[str], scale: int = 2) -> Path:
-    """A tri-planar PNG preview of one volume."""
+def preview_image(volume: Any, spatial_dims: int = 3) -> np.ndarray:
+    """uint8 preview: :func:`triplanar` of a volume, or a 2D slice itself (image order)."""
+    return triplanar(volume) if spatial_dims == 3 else _uint8(_as_numpy(volume, 2))
+
+
+def write_png(image: np.ndarray, path: str | os.PathLike[str], scale: int = 1) -> Path:
+    """A uint8 grayscale array as PNG (``scale``x nearest-neighbour enlarged), parent folders created."""
     from PIL import Image
 
-    img = Image.fromarray(triplanar(volume), mode="L")
+    img = Image.fromarray(image, mode="L")
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def write_preview(volume: Any, path: str | os.PathLike[str], scale: int = 2, spatial_dims: int = 3) -> Path:
+    """A PNG preview of one volume (tri-planar) or slice."""
+    return write_png(preview_image(volume, spatial_dims), path, scale)
 
 
 def resample_to_grid(volume: Any, affine: Any, shape: Sequence[int], target_affine: Any) -> np.ndarray:
@@ -157,8 +196,6 @@ class OutputSpace:
         if self.shape is not None:
             volume, affine = resample_to_grid(volume, affine, self.shape, self.affine), self.affine
         if self.record is not None:
-            from ...data.intensity import denormalize
-
             volume = denormalize(volume, self.record)
         return volume, affine
 
@@ -186,8 +223,6 @@ def output_space(space: str, intensity: str, reference: str | None,
     if store is None or not Path(store).exists():
         raise ConfigError(f"--space native / --intensity scanner need --reference (a NIfTI file or a volume id "
                           f"of the training store); the training store {store} is not available")
-    from ...data.store import VolumeStore
-
     s = VolumeStore(store)
     ids = s.volume_ids()
     vid = reference or (ids[0] if ids else None)
@@ -206,11 +241,16 @@ def output_space(space: str, intensity: str, reference: str | None,
 
 
 def write_samples(volumes: Any, affine: Any, out_dir: str | os.PathLike[str], names: Sequence[str],
-                  previews: bool = True, space: OutputSpace | None = None) -> list[Path]:
+                  previews: bool = True, space: OutputSpace | None = None, spatial_dims: int = 3) -> list[Path]:
     """Write out_dir/<name>.nii.gz (+ out_dir/previews/<name>.png) for each volume; returns the NIfTI paths.
 
     ``space`` moves each volume onto a scanner grid and/or into scanner intensities first (previews
-    stay on the store grid, in [0, 1])."""
+    stay on the store grid, in [0, 1]). ``spatial_dims=2``: out_dir/<name>.png per slice (returned),
+    plus out_dir/<name>.nii.gz when ``affine`` is not None; ``space`` may only change intensities."""
+    if spatial_dims not in (2, 3):
+        raise ConfigError(f"write_samples: spatial_dims={spatial_dims!r} must be 2 or 3")
+    if spatial_dims == 2 and space is not None and space.shape is not None:
+        raise ConfigError("--space native resamples volumes onto a scanner grid; 2D slices have none (use --space store)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vols = list(volumes) if not isinstance(volumes, np.ndarray) else [volumes[i] for i in range(volumes.shape[0])]
@@ -218,7 +258,15 @@ def write_samples(volumes: Any, affine: Any, out_dir: str | os.PathLike[str], na
         raise ValueError(f"write_samples: {len(vols)} volumes but {len(names)} names")
     paths = []
     for vol, name in zip(vols, names):
-        arr = _as_numpy(vol)
+        arr = _as_numpy(vol, spatial_dims)
+        if spatial_dims == 2:
+            png = write_png(preview_image(arr, 2), out / f"{name}.png")
+            if affine is not None:
+                written = space.apply(arr, affine)[0] if space is not None else arr
+                write_nifti(written, affine, out / f"{name}.nii.gz", clip01=space is None or space.record is None,
+                            spatial_dims=2)
+            paths.append(png)
+            continue
         written, affine_out = space.apply(arr, affine) if space is not None else (arr, affine)
         paths.append(write_nifti(written, affine_out, out / f"{name}.nii.gz",
                                  clip01=space is None or space.record is None))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from ...data.latent_cache import LatentCache
+from ...engine.export import export_paths, read_sidecar
 from ...errors import ConfigError, StoreError
 
 __all__ = ["training_store", "export_weights_sha256", "check_cache_matches_export", "check_cache_is_current",
@@ -19,8 +21,6 @@ __all__ = ["training_store", "export_weights_sha256", "check_cache_matches_expor
 def training_store(latents: str | Path | None, compressor_meta: Mapping[str, Any]) -> str | None:
     """The volume store behind a denoiser: its latent cache's source store, else the compressor's store."""
     if latents and (Path(latents) / "zarr.json").exists():
-        from ...data.latent_cache import LatentCache
-
         store = LatentCache(latents, mode="r").info.get("source_store")
         if store:
             return str(store)
@@ -30,8 +30,6 @@ def training_store(latents: str | Path | None, compressor_meta: Mapping[str, Any
 
 def export_weights_sha256(run_dir: str | Path, name: str) -> str | None:
     """The weights SHA-256 recorded in RUN/export/<name>.json, or None when the export is absent."""
-    from ...engine.export import export_paths, read_sidecar
-
     _, sidecar = export_paths(run_dir, name)
     if not sidecar.is_file():
         return None

@@ -19,48 +19,83 @@ what is the same:
 * the export ``vae``: factory + kwargs, the latent scale s_z = 1 / std of posterior means, and a
   sidecar with the perceptual mode, downsample factor and latent channels.
 
+The ``recipe:`` fields both stages share have one name through :class:`VAEGANConfig`, the base
+of both recipe configs: ``perceptual: {weights, slices_per_plane, allow_random}``,
+``discriminator: {channels, num_layers, norm, ...}`` (the typed
+:class:`~bsynth_hpc.models.autoencoder.PatchDiscriminatorConfig`), the loss weights, the
+adversarial kind and the learning rates. Each recipe lists its old key names in
+``config_aliases``; they still load, with a warning naming the new key.
+
 What a recipe states (hooks): its phase names and optimizers, when the discriminator updates
 and when the adversarial term is on (WFDM: every ``disc_every`` steps after a ``disc_start``
 warm-up; seed 000: a gated two-phase schedule), how the reparameterisation noise is drawn,
-which volumes estimate s_z, its config's field names for the perceptual loss, its models.
+which volumes estimate s_z, its compressor.
 """
 from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Literal, Mapping
 
 import torch
 from torch import nn
 
-from ...engine.configtools import require
+from ...configtools import require
+from ...engine.config import ScheduleConfig
 from ...engine.stage import Batch, ExportContext, ExportSpec, OptimSpec, Phase, Stage, StepContext
+from ...eval.figures import recon_figure
+from ...losses import SlicePerceptualLoss, VAEGANLoss, VAEGANWeights
+from ...models.autoencoder import PatchDiscriminator3d, PatchDiscriminatorConfig, estimate_latent_scale
 from .stage_utils import bare_module, per_sample_mean
 
 log = logging.getLogger(__name__)
 _ANNOUNCED: set[str] = set()  # the smoke-mode warning is printed once per process
 
-__all__ = ["PerceptualSettings", "VAEGANStage", "validate_vaegan_config"]
+__all__ = ["PerceptualConfig", "VAEGANConfig", "VAEGANStage"]
 
 
-def validate_vaegan_config(c: Any, where: str) -> None:
-    """The checks every VAE-GAN ``recipe:`` section shares: loss weights >= 0, learning rates > 0."""
-    require(c.lr > 0 and c.disc_lr > 0, f"{where}.lr and {where}.disc_lr must be > 0")
-    for name in ("recon_weight", "kl_weight", "perceptual_weight", "adv_weight"):
-        require(getattr(c, name) >= 0, f"{where}.{name} must be >= 0")
+@dataclass
+class PerceptualConfig:
+    """``recipe.perceptual``: LPIPS on tri-planar slices (:class:`~bsynth_hpc.losses.SlicePerceptualLoss`)."""
+
+    weights: str | None = None
+    """LPIPS AlexNet weights (None: $BSYNTH_WEIGHTS_DIR)."""
+    slices_per_plane: int = 8
+    """Slices per plane (sagittal, coronal, axial) fed to LPIPS."""
+    allow_random: bool = False
+    """Smoke/CPU mode: a seeded random AlexNet trunk when no LPIPS weights exist (stated in log + export)."""
+
+    def validate(self, where: str) -> None:
+        require(self.slices_per_plane >= 1, f"{where}.slices_per_plane must be >= 1")
 
 
-@dataclass(frozen=True)
-class PerceptualSettings:
-    """The LPIPS settings of a recipe config (each recipe keeps its own field names)."""
+@dataclass
+class VAEGANConfig:
+    """The ``recipe:`` fields every VAE-GAN stage shares (one name per concept; see the module docstring).
 
-    weights: str | None
-    slices_per_plane: int
-    allow_random: bool
-    allow_random_key: str
-    """The config field that allows a random trunk (named in the smoke-mode message)."""
+    A recipe's config subclasses it, restates the defaults that differ and lists its old key names
+    in ``config_aliases``."""
+
+    config_aliases: ClassVar[dict[str, str]] = {"perceptual_weights": "perceptual.weights"}
+    discriminator: PatchDiscriminatorConfig = field(default_factory=PatchDiscriminatorConfig)
+    """The 3D PatchGAN (model ``disc``)."""
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+    adversarial: Literal["bce", "hinge", "lsgan"] = "bce"
+    recon_weight: float = 1.0
+    kl_weight: float = 1e-7
+    perceptual_weight: float = 0.3
+    adv_weight: float = 0.1
+    lr: float = 1e-4
+    disc_lr: float = 1e-4
+    disc_schedule: ScheduleConfig | None = None
+
+    def validate(self, where: str) -> None:
+        """Loss weights >= 0, learning rates > 0 (a recipe adds its own checks)."""
+        require(self.lr > 0 and self.disc_lr > 0, f"{where}.lr and {where}.disc_lr must be > 0")
+        for name in ("recon_weight", "kl_weight", "perceptual_weight", "adv_weight"):
+            require(getattr(self, name) >= 0, f"{where}.{name} must be >= 0")
 
 
 class VAEGANStage(Stage):
@@ -72,10 +107,8 @@ class VAEGANStage(Stage):
     clamp_validation: ClassVar[bool] = False
     validation_loss: ClassVar[bool] = False
 
-    def __init__(self, config: Any, info: Any):
+    def __init__(self, config: VAEGANConfig, info: Any):
         super().__init__(config, info)
-        from ...losses import VAEGANLoss, VAEGANWeights
-
         self.perceptual_mode = "off"
         perceptual = self._build_perceptual() if config.perceptual_weight > 0 else None
         weights = VAEGANWeights(recon=config.recon_weight, kl=config.kl_weight, perceptual=config.perceptual_weight,
@@ -84,10 +117,6 @@ class VAEGANStage(Stage):
 
     # ------------------------------------------------------------------ hooks
     @abstractmethod
-    def perceptual_settings(self) -> PerceptualSettings:
-        """The LPIPS settings of the config."""
-
-    @abstractmethod
     def vae_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``vae_factory`` (recorded in the export)."""
 
@@ -95,9 +124,9 @@ class VAEGANStage(Stage):
     def build_vae(self) -> nn.Module:
         """A fresh compressor (model ``vae``)."""
 
-    @abstractmethod
     def build_discriminator(self) -> nn.Module:
-        """A fresh discriminator (model ``disc``)."""
+        """A fresh discriminator (model ``disc``) from ``recipe.discriminator``."""
+        return PatchDiscriminator3d(self.config.discriminator)
 
     @abstractmethod
     def generator_optimizer(self) -> OptimSpec:
@@ -147,18 +176,16 @@ class VAEGANStage(Stage):
 
     # ------------------------------------------------------------------ losses
     def _build_perceptual(self) -> nn.Module:
-        from ...losses import SlicePerceptualLoss
-
-        s = self.perceptual_settings()
+        s: PerceptualConfig = self.config.perceptual
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # a random smoke trunk is the same network on every rank and every resume
             loss = SlicePerceptualLoss(s.weights, slices_per_plane=s.slices_per_plane, allow_random=s.allow_random,
-                                       weights_option="recipe.perceptual_weights=",
-                                       allow_random_option=f"recipe.{s.allow_random_key}=true")
+                                       weights_option="recipe.perceptual.weights=",
+                                       allow_random_option="recipe.perceptual.allow_random=true")
         info = getattr(loss, "weights_info", None)
         if info is not None and getattr(info, "random", False):
             self.perceptual_mode = "random-smoke"
-            msg = (f"[{self.name}] perceptual loss: RANDOM AlexNet trunk ({s.allow_random_key} smoke mode) - its "
+            msg = (f"[{self.name}] perceptual loss: RANDOM AlexNet trunk (perceptual.allow_random smoke mode) - its "
                    "values are not LPIPS; install the LPIPS weights for real training")
             if msg not in _ANNOUNCED:
                 log.warning(msg)
@@ -220,8 +247,6 @@ class VAEGANStage(Stage):
     # ------------------------------------------------------------------ validation
     def preview(self, batch: Batch, ctx: StepContext, path: Path) -> Path | None:
         """Input | posterior-mean reconstruction | error of the batch's first volume (middle slices)."""
-        from ...eval.figures import recon_figure
-
         x = batch["image"][:1]
         vae = bare_module(ctx.models["vae"])
         with torch.no_grad():
@@ -257,8 +282,6 @@ class VAEGANStage(Stage):
     def estimate_scale(vae: nn.Module, images: Iterable[torch.Tensor]) -> float:
         """s_z = 1 / std of the posterior means of ``images`` ((B, C, X, Y, Z) each), encoded on the GPU
         when there is one; raises BsynthError for no, constant or non-finite latents."""
-        from ...models.autoencoder import estimate_latent_scale
-
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         vae = vae.to(device)
         dtype = next(vae.parameters()).dtype

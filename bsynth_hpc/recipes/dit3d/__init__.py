@@ -17,7 +17,10 @@ RECIPE = Recipe(
         "dit3d": "bsynth_hpc.recipes.dit3d.ldm:DiT3dStage",
     },
     default_stage="dit3d",
-    sampler="bsynth_hpc.recipes.dit3d.sampling:sample_from_args",
+    sampler="bsynth_hpc.recipes.dit3d.sampling:generate",
+    sample_config="bsynth_hpc.recipes.dit3d.sampling:DiT3dSampleConfig",
+    sample_options="bsynth_hpc.recipes.dit3d.sampling:add_dit3d_sample_options",
+    demo="bsynth_hpc.recipes.dit3d.demo:DEMO",
     configs={
         "dit3d-vae": {"full": "dit3d-vae.yaml", "tiny": "dit3d-vae_tiny.yaml"},
         "dit3d": {"full": "dit3d_tle.yaml", "tiny": "dit3d_tiny.yaml"},

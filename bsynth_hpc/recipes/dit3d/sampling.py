@@ -13,33 +13,56 @@ so ``bsynth eval synth`` reads the folder as a labelled synthetic cohort.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ...diffusion import build_process, sample
+from ...engine.export import load_exported
 from ...errors import ConfigError
+from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, output_space, store_affine,
+                              write_samples, write_samples_csv)
+from ..common.provenance import check_decoder_matches, training_store
+from ..common.sampling import SampleConfig
+from .ldm import load_dit_info
+
+__all__ = ["DiT3dSampleConfig", "add_dit3d_sample_options", "generate", "sample_from_args"]
+
+
+@dataclass
+class DiT3dSampleConfig(SampleConfig):
+    """``bsynth sample dit3d``: the shared options + the class to sample (``None``: ``n`` per class)."""
+
+    class_label: str | None = None
+
+
+def add_dit3d_sample_options(parser: argparse.ArgumentParser) -> None:
+    """The dit3d-only flag of ``bsynth sample dit3d`` (the shared ones come from the CLI)."""
+    parser.add_argument("--class", dest="class_label", default=None,
+                        help="class label, e.g. TLE (default: --n volumes of every class of the model)")
 
 
 def _log(msg: str) -> None:
     print(f"[sample dit3d] {msg}", flush=True)
 
 
-def _requested_labels(args: Any, classes: list[str]) -> list[str]:
-    n = int(getattr(args, "n", 4) or 4)
-    if getattr(args, "conditions", None):
-        with open(args.conditions, newline="", encoding="utf-8") as fh:
+def _requested_labels(config: DiT3dSampleConfig, classes: list[str]) -> list[str]:
+    if config.conditions:
+        with open(config.conditions, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         labels = [(r.get("class") or r.get("label") or "").strip() for r in rows]
         if not labels or any(not lab for lab in labels):
-            raise ConfigError(f"{args.conditions}: every row needs a 'class' (or 'label') column value")
-    elif getattr(args, "class_label", None):
-        labels = [str(args.class_label)] * n
+            raise ConfigError(f"{config.conditions}: every row needs a 'class' (or 'label') column value")
+    elif config.class_label:
+        labels = [str(config.class_label)] * config.n
     else:
-        labels = [c for c in classes for _ in range(n)]
+        labels = [c for c in classes for _ in range(config.n)]
     lower = {c.lower(): c for c in classes}
     out = []
     for lab in labels:
@@ -55,69 +78,59 @@ def _affine_and_shape(info: dict[str, Any], vae_meta: dict[str, Any]) -> tuple[n
     if affine is None:
         store = (vae_meta.get("config") or {}).get("store")
         if store and Path(store).exists():
-            from ..common.outputs import store_affine
-
             affine = store_affine(store)
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64).reshape(4, 4)
     return affine, (tuple(int(s) for s in shape) if shape else None)
 
 
-def sample_from_args(args: Any) -> int:
-    from ...diffusion import sample
-    from ...engine.export import load_exported
-    from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, write_samples,
-                                  write_samples_csv)
-    from ..common.outputs import output_space
-    from ..common.provenance import check_decoder_matches, training_store
-    from .ldm import load_dit_info
+def generate(config: DiT3dSampleConfig) -> list[Path]:
+    """Sample class-conditional volumes from a dit3d run (see the module docstring); returns the NIfTI paths.
 
+    The registered sampler of the dit3d recipe (``bsynth sample dit3d``)."""
+    opts = config
     t0 = time.perf_counter()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    info = load_dit_info(args.run)
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    info = load_dit_info(opts.run)
     classes: list[str] = info["classes"]
     dcfg = info["diffusion"]
-    labels = _requested_labels(args, classes)
-    solver = args.solver or dcfg.solver
+    labels = _requested_labels(opts, classes)
+    solver = opts.solver or dcfg.solver
     if solver not in ("ddpm", "ddim"):
         raise ConfigError(f"--solver {solver}: the dit3d model is a DDPM; use ddpm or ddim")
-    steps = args.steps or dcfg.sampling.steps or (dcfg.num_train_timesteps if solver == "ddpm" else 50)
-    scale = float(args.cfg if args.cfg is not None else dcfg.sampling.guidance_scale)
-    compressor_run = args.compressor_run or info.get("compressor_run")
+    steps = opts.steps or dcfg.sampling.steps or (dcfg.num_train_timesteps if solver == "ddpm" else 50)
+    scale = float(opts.cfg if opts.cfg is not None else dcfg.sampling.guidance_scale)
+    compressor_run = opts.compressor_run or info.get("compressor_run")
     if not compressor_run or not Path(compressor_run).is_dir():
         raise ConfigError(f"compressor run {compressor_run!r} not found: pass --compressor-run RUN_VAE (the "
                           "dit3d-vae run whose latents trained this model)")
-    model, _ = load_exported(args.run, "dit", device)
+    model, _ = load_exported(opts.run, "dit", device)
     vae, vae_meta = load_exported(compressor_run, info.get("compressor_export") or "vae", device)
-    check_decoder_matches(info, f"{args.run}/export/dit", vae_meta, compressor_run)
+    check_decoder_matches(info, f"{opts.run}/export/dit", vae_meta, compressor_run)
     modality = "+".join(info["modalities"])
-    space = output_space(getattr(args, "space", "store"), getattr(args, "intensity", "unit"),
-                         getattr(args, "reference", None),
+    space = output_space(opts.space, opts.intensity, opts.reference,
                          training_store(info["sidecar"]["config"]["recipe"].get("latents"), vae_meta))
     if space is not None:
-        _log(f"output space: {getattr(args, 'space', 'store')} grid, {getattr(args, 'intensity', 'unit')} "
-             f"intensities, from {space.what}")
+        _log(f"output space: {opts.space} grid, {opts.intensity} intensities, from {space.what}")
     s_z = info.get("latent_scale") or vae_meta.get("latent_scale") or 1.0
     affine, volume_shape = _affine_and_shape(info, vae_meta)
-    process_cfg = dcfg
-    from ...diffusion import build_process
-
-    process = build_process(process_cfg)
+    process = build_process(dcfg)
     latent_shape = tuple(info["latent_shape"])
     null_id = model.null_id
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return model(x, t, y)
 
-    tile = getattr(args, "tile", None) or decode_tile_from_env()
-    out_dir = Path(args.out)
-    bs = max(1, int(getattr(args, "batch_size", 1) or 1))
+    tile = opts.tile or decode_tile_from_env()
+    out_dir = Path(opts.out)
+    bs = opts.batch_size
     rows: list[dict[str, Any]] = []
-    existing = continue_numbering(out_dir, 0, bool(getattr(args, "overwrite", False)), "dit3d_", _log)
+    paths: list[Path] = []
+    existing = continue_numbering(out_dir, 0, opts.overwrite, "dit3d_", _log)
     _log(f"{len(labels)} volume(s) {sorted(set(labels))} with {solver} x {steps} steps, guidance {scale}, on {device}")
     with torch.inference_mode():
         for start in range(0, len(labels), bs):
             chunk = labels[start:start + bs]
-            seed = int(args.seed) * 1_000_003 + existing + start
+            seed = int(opts.seed) * 1_000_003 + existing + start
             gen = torch.Generator(device="cpu").manual_seed(seed)
             y = torch.tensor([classes.index(c) for c in chunk], dtype=torch.long, device=device)
             x_init = torch.randn((len(chunk), *latent_shape), generator=gen).to(device)
@@ -128,14 +141,18 @@ def sample_from_args(args: Any) -> int:
             vol = decode_latents(vae, z.to(next(vae.parameters()).dtype), volume_shape, tile)
             vol = vol.float().clamp(0, 1).cpu().numpy()
             names = [f"dit3d_{existing + start + i:04d}_{c}" for i, c in enumerate(chunk)]
-            write_samples([v[0] for v in vol], affine, out_dir, names, space=space)
+            paths += write_samples([v[0] for v in vol], affine, out_dir, names, space=space)
             for i, (name, c) in enumerate(zip(names, chunk)):
                 rows.append({"path": f"{name}.nii.gz", "modality": modality, "label": c, "class_id": classes.index(c),
                              "seed": seed, "index_in_batch": i, "guidance": scale, "solver": solver, "steps": steps,
-                             "run": str(Path(args.run).resolve())})
+                             "run": str(Path(opts.run).resolve())})
     write_samples_csv(out_dir, rows)
     _log(f"wrote {len(rows)} volume(s) + previews + samples.csv to {out_dir} in {time.perf_counter() - t0:.1f} s")
+    return paths
+
+
+def sample_from_args(args: Any) -> int:
+    """:func:`generate` from any object with the config's attributes (kept for callers written against
+    the argparse-era API; new code builds a :class:`DiT3dSampleConfig`)."""
+    generate(DiT3dSampleConfig.from_namespace(args))
     return 0
-
-
-__all__ = ["sample_from_args"]

@@ -3,7 +3,7 @@
 Model: ``tle-vaegan`` (:func:`bsynth_hpc.models.autoencoder.build_compressor`; f = 4, 4 latent
 channels: 112x136x112 -> 4x28x34x28) + a 3D PatchGAN (``patchgan3d``). Losses: ``VAEGANLoss``
 with 000's weights (preset ``tle``: L1 1.0, LPIPS 0.6, KL 1e-6, adversarial 0.02), LPIPS on
-tri-planar slices (``SlicePerceptualLoss``; ``perceptual_allow_random`` is the smoke-test flag).
+tri-planar slices (``SlicePerceptualLoss``; ``perceptual.allow_random`` is the smoke-test flag).
 Loss wiring, discriminator phase, validation (``l1``, ``psnr`` and 000's weighted ``loss``, which
 selects the best checkpoint) and the export with s_z come from the shared
 :class:`~bsynth_hpc.recipes.common.vaegan_stage.VAEGANStage`; this module adds the schedule.
@@ -35,10 +35,10 @@ from typing import Any, Callable, Literal, Mapping
 import torch
 from torch import nn
 
-from ...engine.config import ScheduleConfig
-from ...engine.configtools import require
+from ...configtools import require
 from ...engine.stage import ExportContext, OptimSpec, Phase, StepContext
-from ..common.vaegan_stage import PerceptualSettings, VAEGANStage, validate_vaegan_config
+from ...models.autoencoder import Autoencoder3d, preset_config
+from ..common.vaegan_stage import VAEGANConfig, VAEGANStage
 
 VAE_FACTORY = "autoencoder3d"  # registry name (bsynth_hpc.models)
 
@@ -46,9 +46,13 @@ Mode = Literal["vae", "disc", "vae_adv", "final"]
 
 
 @dataclass
-class DiT3dVAEConfig:
-    """recipe: section of dit3d-vae (defaults: seed 000 §5.1 at full size)."""
+class DiT3dVAEConfig(VAEGANConfig):
+    """recipe: section of dit3d-vae (defaults: seed 000 §5.1 at full size); shared fields in VAEGANConfig."""
 
+    config_aliases = {**VAEGANConfig.config_aliases, "slices_per_plane": "perceptual.slices_per_plane",
+                      "perceptual_allow_random": "perceptual.allow_random", "disc_channels": "discriminator.channels",
+                      "disc_layers": "discriminator.num_layers"}
+    # the compressor: overrides of the tle-vaegan preset
     base_channels: int = 64
     channel_mult: tuple[int, ...] | None = None
     latent_channels: int = 4
@@ -56,19 +60,12 @@ class DiT3dVAEConfig:
     num_res_blocks: int = 1
     norm_groups: int = 32
     pad_input: bool = False
-    disc_channels: int = 64
-    disc_layers: int = 3
+    # 000's loss weights and learning rates
     adversarial: Literal["bce", "hinge", "lsgan"] = "lsgan"
-    recon_weight: float = 1.0
     perceptual_weight: float = 0.6
     kl_weight: float = 1e-6
     adv_weight: float = 0.02
-    perceptual_weights: str | None = None
-    perceptual_allow_random: bool = False
-    slices_per_plane: int = 8
     lr: float = 1e-3
-    disc_lr: float = 1e-4
-    disc_schedule: ScheduleConfig | None = None
     # the two-phase schedule
     phase1_steps: int = 10000
     disc_steps: int = 200
@@ -80,14 +77,13 @@ class DiT3dVAEConfig:
 
     def validate(self, where: str) -> None:
         require(self.base_channels >= 1 and self.latent_channels >= 1, f"{where}: channels must be >= 1")
-        validate_vaegan_config(self, where)
+        super().validate(where)
         require(self.phase1_steps >= 0, f"{where}.phase1_steps must be >= 0")
         require(self.disc_steps >= 1, f"{where}.disc_steps must be >= 1 (discriminator steps per round)")
         require(1 <= self.vae_min_steps <= self.vae_max_steps,
                 f"{where}: need 1 <= vae_min_steps ({self.vae_min_steps}) <= vae_max_steps ({self.vae_max_steps})")
         require(0.0 <= self.adv_ema < 1.0, f"{where}.adv_ema must lie in [0, 1)")
         require(self.rounds >= 0, f"{where}.rounds must be >= 0")
-        require(self.slices_per_plane >= 1, f"{where}.slices_per_plane must be >= 1")
 
 
 class GANSchedule:
@@ -218,15 +214,8 @@ class DiT3dVAEStage(VAEGANStage):
         self.schedule = GANSchedule(config)
         super().__init__(config, info)
 
-    def perceptual_settings(self) -> PerceptualSettings:
-        c: DiT3dVAEConfig = self.config
-        return PerceptualSettings(c.perceptual_weights, c.slices_per_plane, c.perceptual_allow_random,
-                                  "perceptual_allow_random")
-
     # ------------------------------------------------------------------ models and the schedule
     def vae_kwargs(self) -> dict[str, Any]:
-        from ...models.autoencoder import preset_config
-
         c: DiT3dVAEConfig = self.config
         overrides: dict[str, Any] = dict(base_channels=c.base_channels, latent_channels=c.latent_channels,
                                          downsample_factor=c.downsample_factor, num_res_blocks=c.num_res_blocks,
@@ -236,14 +225,7 @@ class DiT3dVAEStage(VAEGANStage):
         return preset_config("tle-vaegan", **overrides).to_dict()
 
     def build_vae(self) -> nn.Module:
-        from ...models.autoencoder import Autoencoder3d
-
         return Autoencoder3d(**self.vae_kwargs())
-
-    def build_discriminator(self) -> nn.Module:
-        from ...models.autoencoder import patchgan3d
-
-        return patchgan3d(channels=self.config.disc_channels, num_layers=self.config.disc_layers)
 
     def generator_optimizer(self) -> OptimSpec:
         return OptimSpec("adam", lr=self.config.lr)

@@ -16,7 +16,10 @@ RECIPE = Recipe(
         "wfdm-ldm": "bsynth_hpc.recipes.wfdm.stages:WFDMLDMStage",
     },
     default_stage="wfdm-ldm",
-    sampler="bsynth_hpc.recipes.wfdm.sampling:sample_from_args",
+    sampler="bsynth_hpc.recipes.wfdm.sampling:generate",
+    sample_config="bsynth_hpc.recipes.wfdm.sampling:WFDMSampleConfig",
+    sample_options="bsynth_hpc.recipes.wfdm.sampling:add_wfdm_sample_options",
+    demo="bsynth_hpc.recipes.wfdm.demo:DEMO",
     configs={
         "wfdm-vae": {"full": "wfdm-vae.yaml", "tiny": "wfdm-vae_tiny.yaml"},
         "wfdm-ldm": {"full": "wfdm-ldm.yaml", "tiny": "wfdm-ldm_tiny.yaml"},

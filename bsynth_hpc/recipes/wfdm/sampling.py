@@ -20,10 +20,12 @@
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,17 @@ import numpy as np
 import torch
 
 from ...constants import MODALITIES, canonical_modality
+from ...data.metadata import FIELDS, encode_metadata, parse_metadata
+from ...diffusion import DiffusionConfig, build_process, sample
+from ...engine.export import load_exported
 from ...errors import ConfigError
+from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, output_space, write_samples,
+                              write_samples_csv)
+from ..common.provenance import check_decoder_matches, training_store
+from ..common.sampling import SampleConfig
 
-__all__ = ["sample_from_args", "sample_wfdm", "parse_meta_arg", "build_conditions"]
+__all__ = ["WFDMSampleConfig", "add_wfdm_sample_options", "generate", "sample_wfdm", "parse_meta_arg",
+           "build_conditions"]
 
 _RESERVED = {"modality", "label", "class", "n", "seed", "path"}
 
@@ -57,8 +67,6 @@ def parse_meta_arg(text: str | None) -> dict[str, str]:
 
 
 def _encode_meta(raw: dict[str, Any], stats: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
-    from ...data.metadata import FIELDS, encode_metadata, parse_metadata
-
     parsed = parse_metadata(raw, source)
     unknown = [k for k, v in raw.items() if str(v).strip() and all(val is None for val in
                                                                     parse_metadata({k: v}, source).values())]
@@ -116,34 +124,48 @@ def _device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 1,
-                modality: str | None = None, meta: str | None = None, conditions: str | None = None,
-                label: str | None = None, steps: int | None = None, solver: str | None = None,
-                cfg: float | None = None, compressor_run: str | None = None, batch_size: int = 1, seed: int = 0,
-                device: str | None = None, tile: int | None = None, trajectory: int = 0,
-                overwrite: bool = False, space: str = "store", reference: str | None = None,
-                intensity: str = "unit") -> list[Path]:
-    """Sample volumes from a wfdm-ldm run (see the module docstring); returns the NIfTI paths."""
-    from ...diffusion import DiffusionConfig, build_process, sample
-    from ...engine.export import load_exported
-    from ..common.outputs import output_space
-    from ..common.provenance import check_decoder_matches, training_store
-    from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, write_samples,
-                                  write_samples_csv)
+@dataclass
+class WFDMSampleConfig(SampleConfig):
+    """``bsynth sample wfdm``: the shared options + the modality / metadata conditions (module docstring).
 
-    if int(batch_size) < 1 or n < 1 or (steps is not None and steps < 1) or (cfg is not None and cfg < 0):
-        raise ConfigError(f"sample_wfdm: batch_size={batch_size} and n={n} must be >= 1, steps={steps} >= 1, "
-                          f"cfg={cfg} >= 0")
-    dev = _device(device)
+    ``label`` is written to samples.csv for rows without one; ``trajectory`` > 0 also decodes that many
+    intermediate x-hat-0 frames per sample into OUT/trajectory/ (both for programs, no CLI flag)."""
+
+    modality: str | None = None
+    meta: str | None = None
+    label: str | None = None
+    trajectory: int = 0
+
+
+def add_wfdm_sample_options(parser: argparse.ArgumentParser) -> None:
+    """The wfdm-only flags of ``bsynth sample wfdm`` (the shared ones come from the CLI)."""
+    parser.add_argument("--modality", default=None, help="target modality: T1w, T2w, T1Gd or FLAIR (comma list or "
+                                                         "'all'; default all four)")
+    parser.add_argument("--meta", default=None, help="metadata, e.g. age=56,sex=M,stroke=yes")
+
+
+def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: int = 1,
+                **options: Any) -> list[Path]:
+    """Keyword form of :func:`generate` (``options`` are :class:`WFDMSampleConfig` fields)."""
+    return generate(WFDMSampleConfig(run=os.fspath(run), out=os.fspath(out), n=n, **options))
+
+
+def generate(config: WFDMSampleConfig) -> list[Path]:
+    """Sample volumes from a wfdm-ldm run (see the module docstring); returns the NIfTI paths.
+
+    The registered sampler of the wfdm recipe (``bsynth sample wfdm``)."""
+    opts = config
+    run, out, steps, solver, cfg, overwrite = opts.run, opts.out, opts.steps, opts.solver, opts.cfg, opts.overwrite
+    dev = _device(opts.device)
     unet, meta_b = load_exported(run, "unet", dev)
-    comp_run = compressor_run or meta_b.get("compressor_run")
+    comp_run = opts.compressor_run or meta_b.get("compressor_run")
     if not comp_run:
         raise ConfigError(f"{run}/export/unet.json records no compressor run: pass --compressor-run RUN_A")
     vae, meta_a = load_exported(comp_run, meta_b.get("compressor_export") or "vae", dev)
     check_decoder_matches(meta_b, f"{run}/export/unet", meta_a, comp_run)
-    out_space = output_space(space, intensity, reference, training_store(meta_b.get("latents"), meta_a))
+    out_space = output_space(opts.space, opts.intensity, opts.reference, training_store(meta_b.get("latents"), meta_a))
     if out_space is not None:
-        _log(f"output space: {space} grid, {intensity} intensities, from {out_space.what}")
+        _log(f"output space: {opts.space} grid, {opts.intensity} intensities, from {out_space.what}")
     scale = meta_b.get("latent_scale") or meta_a.get("latent_scale")
     if not scale:
         raise ConfigError(f"no latent scale s_z in {run}/export/unet.json nor {comp_run}/export: re-encode the "
@@ -161,13 +183,14 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
     volume_shape = tuple(int(s) for s in meta_b.get("volume_shape") or [s * vae.downsample_factor
                                                                        for s in latent_shape[1:]])
     affine = np.asarray(meta_b.get("affine") or np.eye(4), dtype=np.float64)
-    seed = continue_numbering(out, seed, overwrite, "sample-", _log)
-    conds = build_conditions(modality, meta, conditions, n, seed, meta_b.get("metadata_stats"), label)
+    seed = continue_numbering(out, opts.seed, overwrite, "sample-", _log)
+    conds = build_conditions(opts.modality, opts.meta, opts.conditions, opts.n, seed, meta_b.get("metadata_stats"),
+                             opts.label)
     clash = [c["seed"] for c in conds if not overwrite and any(Path(out).glob(f"sample-{c['seed']:04d}_*.nii.gz"))]
     if clash:
         raise ConfigError(f"{out} already holds samples with seeds {clash[:5]} (seeds from --conditions): pass "
                           "--overwrite to replace them, or another --out")
-    tile = tile or decode_tile_from_env()
+    tile = opts.tile or decode_tile_from_env()
     _log(f"{len(conds)} volume(s) {volume_shape} from {run} (latents {latent_shape}, s_z={scale:.5g}) with "
          f"{kwargs.get('solver')} x {kwargs.get('steps') or 'default'} steps, CFG scale {guidance:g}, decoder "
          f"{comp_run}{f' tiled ({tile})' if tile else ''}, on {dev}")
@@ -176,7 +199,7 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
     paths: list[Path] = []
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    bs = int(batch_size)
+    bs = opts.batch_size
     for start in range(0, len(conds), bs):
         chunk = conds[start:start + bs]
         b = len(chunk)
@@ -189,13 +212,13 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
         with torch.no_grad():
             res = sample(lambda x, t, c: unet(x, t, c), (b, *latent_shape), process, generator=gen, cond=cond,
                          uncond=unet.null_condition(b, dev), guidance_scale=guidance, x_init=x_init, device=dev,
-                         return_intermediates=trajectory, **kwargs)
+                         return_intermediates=opts.trajectory, **kwargs)
             z = res.sample.float() / float(scale)
             vol = decode_latents(vae, z, volume_shape, tile)
         vol = vol.float().clamp(0, 1).cpu()
         names = [f"sample-{c['seed']:04d}_{c['modality']}" for c in chunk]
         paths += write_samples(vol[:, 0], affine, out, names, space=out_space)
-        if trajectory and res.intermediates:
+        if opts.trajectory and res.intermediates:
             with torch.no_grad():
                 frames = [vae.decode(x.float() / float(scale), volume_shape).float().clamp(0, 1).cpu()
                           for x in res.intermediates]
@@ -209,15 +232,3 @@ def sample_wfdm(run: str | os.PathLike[str], out: str | os.PathLike[str], *, n: 
     csv_path = write_samples_csv(out, rows)
     _log(f"wrote {len(paths)} NIfTI volume(s) + previews to {out} in {time.perf_counter() - t0:.1f} s ({csv_path.name})")
     return paths
-
-
-def sample_from_args(args: Any) -> int:
-    """Entry point of `bsynth sample wfdm` (see bsynth_hpc/cli.py)."""
-    sample_wfdm(args.run, args.out, n=int(args.n), modality=args.modality, meta=args.meta,
-                conditions=args.conditions, label=getattr(args, "class_label", None), steps=args.steps,
-                solver=args.solver, cfg=args.cfg, compressor_run=args.compressor_run,
-                batch_size=int(args.batch_size or 1), seed=int(args.seed or 0), device=args.device,
-                tile=getattr(args, "tile", None), overwrite=bool(getattr(args, "overwrite", False)),
-                space=getattr(args, "space", "store"), reference=getattr(args, "reference", None),
-                intensity=getattr(args, "intensity", "unit"))
-    return 0

@@ -1,6 +1,6 @@
 """Pretrained weights from local files: where to find them, checksum checks, and loading.
 
-No network at run time (shared/DESIGN.md, "Conventions"): every backbone an evaluation needs
+No network at run time (docs/design.md, "Conventions"): every backbone an evaluation needs
 (MedicalNet, InceptionV3, the AlexNet trunk of LPIPS) is read from a local file, given on the
 command line or found under ``$BSYNTH_WEIGHTS_DIR``. A missing file is a :class:`WeightsError`
 that names the file that was expected and where to put it; there is no silent fallback to a
@@ -22,8 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..errors import ConfigError
-from ..hashing import sha256_file
+from .errors import ConfigError
+from .hashing import sha256_file
 
 WEIGHTS_ENV = "BSYNTH_WEIGHTS_DIR"
 

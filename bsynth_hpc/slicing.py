@@ -7,7 +7,7 @@
 * All slices of one plane (seed 000 §4 and Table 2: "we extract all 2D slices from the 3D volumes")
   for the InceptionV3 slice FID.
 
-Volumes are (X, Y, Z) in RAS voxel order (shared/DESIGN.md), so the sagittal plane fixes X, the
+Volumes are (X, Y, Z) in RAS voxel order (docs/design.md), so the sagittal plane fixes X, the
 coronal plane fixes Y and the axial plane fixes Z.
 """
 from __future__ import annotations

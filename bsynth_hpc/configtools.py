@@ -7,7 +7,20 @@ list/tuple, dict, nested dataclasses) and finally calls the dataclass's ``valida
 hook for range and cross-field checks. Messages name the dotted path (``engine.zero_stage``)
 and the fix.
 
+Renamed keys: a dataclass may list ``config_aliases = {"old_key": "new.dotted.key"}`` (a ClassVar);
+an old key still works, is moved to its new place and gives a one-line :class:`DeprecatedKeyWarning`
+naming the new key. An old key wins over the new one (an old-name command-line override of a
+config written with the new names must take effect); the warning then says so.
+
+``Overrides[SomeConfig]`` types a mapping of *some* fields of a dataclass (a model preset's
+overrides): every key is checked and every value converted like a field of ``SomeConfig``, and
+only the given keys are kept (the preset supplies the rest).
+
 YAML 1.1 (PyYAML) reads ``1e-4`` as a string; float fields accept such numeric strings.
+
+Why hand-written: OmegaConf (2.4) and pydantic were evaluated; both would replace ``coerce`` but not
+the messages users and tests rely on (dotted path + fix + closest key), and OmegaConf's structured
+configs reject ``Literal`` annotations, which every recipe uses.
 """
 from __future__ import annotations
 
@@ -15,18 +28,64 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
+import warnings
+from typing import Any, Generic, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 T = TypeVar("T")
 
 
-def _closest(name: str, choices: Sequence[str]) -> str:
-    match = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+class DeprecatedKeyWarning(FutureWarning):
+    """An old config key was used (it still works): the message names the new key."""
+
+
+class Overrides(dict, Generic[T]):  # type: ignore[type-arg]
+    """A mapping of some fields of dataclass ``T``, typed like them (see the module docstring)."""
+
+
+def _closest(name: str, choices: Sequence[str], renamed: Mapping[str, str] | None = None) -> str:
+    """' (did you mean ...?)' for the closest of ``choices`` or of the old names in ``renamed``
+    (which suggest their new name)."""
+    renamed = renamed or {}
+    match = difflib.get_close_matches(name, list(choices) + list(renamed), n=1)
+    if not match:
+        return ""
+    return f" (did you mean {renamed.get(match[0], match[0])!r}?)"
+
+
+def aliases_of(cls: type) -> dict[str, str]:
+    """The renamed keys of dataclass ``cls``: old name -> new dotted name."""
+    return dict(getattr(cls, "config_aliases", None) or {})
+
+
+def _move_renamed(cls: type, data: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """``data`` with old keys of ``cls`` moved to their new dotted place (one warning each)."""
+    aliases = aliases_of(cls)
+    if not any(key in aliases for key in data):
+        return data
+    out = dict(data)
+    for old, new in aliases.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        *parents, leaf = new.split(".")
+        node = out
+        for i, part in enumerate(parents):
+            child = node.get(part)
+            if child is not None and not isinstance(child, Mapping):
+                raise ConfigError(f"{where}.{'.'.join(parents[:i + 1])} must be a mapping (it receives "
+                                  f"{where}.{old}, now {where}.{new})")
+            node[part] = child = dict(child or {})
+            node = child
+        replaced = f" (its value {value!r} replaces {where}.{new}={node[leaf]!r})" \
+            if leaf in node and node[leaf] != value else ""
+        warnings.warn(f"{where}.{old} is deprecated: use {where}.{new}{replaced}", DeprecatedKeyWarning,
+                      stacklevel=4)
+        node[leaf] = value
+    return out
 
 
 def field_names(cls: type) -> list[str]:
@@ -34,25 +93,33 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.init]
 
 
-def from_mapping(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass ``cls`` from a mapping (None means all defaults); see the module docstring."""
+def from_mapping(cls: type[T], data: Any, where: str, validate: bool = True) -> T:
+    """Build dataclass ``cls`` from a mapping (None means all defaults); see the module docstring.
+    ``validate=False`` skips ``cls.validate`` (types are still checked): for reading a recorded config
+    whose training-time requirements need not hold where it is read."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where} must be a mapping of {', '.join(field_names(cls))}; got {type(data).__name__} "
                           f"{data!r}")
+    data = _move_renamed(cls, data, where)
+    kwargs = _typed_fields(cls, data, where)
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if validate and callable(check):
+        check(where)
+    return obj
+
+
+def _typed_fields(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The given keys of ``data``, each checked against the fields of ``cls`` and converted to its type."""
     valid = field_names(cls)
     for key in data:
         if key not in valid:
-            raise ConfigError(f"unknown key {where}.{key}{_closest(str(key), valid)}; valid keys of {where}: "
-                              f"{', '.join(valid)}")
+            raise ConfigError(f"unknown key {where}.{key}{_closest(str(key), valid, aliases_of(cls))}; valid keys "
+                              f"of {where}: {', '.join(valid)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: coerce(data[name], hints[name], f"{where}.{name}") for name in valid if name in data}
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate(where)
-    return obj
+    return {name: coerce(data[name], hints[name], f"{where}.{name}") for name in valid if name in data}
 
 
 def _type_name(tp: Any) -> str:
@@ -67,6 +134,12 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is Overrides:
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}={value!r} must be a mapping of {', '.join(field_names(args[0]))}")
+        return Overrides(_typed_fields(args[0], value, where))
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return from_mapping(tp, value, where)
     if origin in (Union, types.UnionType):
