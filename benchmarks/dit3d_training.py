@@ -141,10 +141,10 @@ def write_config(path: Path, latents: Path, model: dict[str, Any], blocks: Seque
                       "clip_grad": 1.0, "precision": "bf16" if device == "cuda" else "fp32",
                       "schedule": {"name": "constant"}},
            "data": {"num_workers": 2 if device == "cuda" else 0, "train_split": "train", "val_split": None},
-           "recipe": {"latents": str(latents), "classes": CLASSES, "class_balanced": True, "preset": "dit3d-tle",
+           "recipe": {"latents": str(latents), "classes": CLASSES, "balanced": True, "preset": "dit3d-tle",
                       **{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in model.items()
                          if k != "window_blocks"},
-                      "window_blocks": list(blocks), "class_dropout_prob": 0.1, "lr": float(r["lr"]),
+                      "window_blocks": list(blocks), "cfg_dropout_prob": 0.1, "lr": float(r["lr"]),
                       "diffusion": r["diffusion"]}}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

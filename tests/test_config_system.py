@@ -109,6 +109,14 @@ def test_shipped_configs_use_the_new_names(name):
     assert isinstance(config.recipe.discriminator, PatchDiscriminatorConfig)
 
 
+@pytest.mark.parametrize("name", ["wfdm-ldm.yaml", "wfdm-ldm_tiny.yaml", "dit3d_tle.yaml", "dit3d_tiny.yaml"])
+def test_shipped_latent_diffusion_configs_use_the_shared_names(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecatedKeyWarning)
+        config = load_run_config(CONFIGS / name, overrides=["recipe.latents=latents.zarr"])
+    assert config.recipe.balanced is True
+
+
 # ---------------------------------------------------------------------------- prep
 @pytest.mark.parametrize("kwargs, pattern", [
     ({"workers": 0}, r"^--workers: workers=0"),

@@ -10,7 +10,6 @@ import csv
 import json
 import math
 import os
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -213,13 +212,12 @@ def test_dit3d_trains_exports_and_samples_per_class(pipeline, tmp_path):
 
     import nibabel as nib
 
-    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+    from bsynth_hpc.recipes.dit3d.sampling import DiT3dSampleConfig, generate
 
     out = tmp_path / "synth"
-    base = dict(run=str(root / "dit"), out=str(out), n=2, steps=5, modality=None, meta=None, conditions=None,
-                compressor_run=None, batch_size=2, seed=0, device="cpu")
-    assert sample_from_args(Namespace(**base, class_label="TLE", cfg=3.0, solver="ddim")) == 0
-    assert sample_from_args(Namespace(**{**base, "n": 1}, class_label=None, cfg=1.0, solver="ddpm")) == 0
+    base = dict(run=str(root / "dit"), out=str(out), n=2, steps=5, batch_size=2, seed=0, device="cpu")
+    assert generate(DiT3dSampleConfig(**base, class_label="TLE", cfg=3.0, solver="ddim"))
+    assert generate(DiT3dSampleConfig(**{**base, "n": 1}, class_label=None, cfg=1.0, solver="ddpm"))
     with open(out / "samples.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["label"] for r in rows] == ["TLE", "TLE", "healthy", "TLE"]
@@ -234,14 +232,13 @@ def test_dit3d_trains_exports_and_samples_per_class(pipeline, tmp_path):
 
 def test_dit3d_rejects_unknown_class(pipeline, tmp_path):
     from bsynth_hpc.errors import ConfigError
-    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+    from bsynth_hpc.recipes.dit3d.sampling import DiT3dSampleConfig, generate
 
     root = pipeline[0]
-    args = Namespace(run=str(root / "dit"), out=str(tmp_path / "x"), n=1, steps=2, modality=None, meta=None,
-                     conditions=None, compressor_run=None, batch_size=1, seed=0, device="cpu",
-                     class_label="glioma", cfg=1.0, solver="ddim")
+    args = DiT3dSampleConfig(run=str(root / "dit"), out=str(tmp_path / "x"), n=1, steps=2, batch_size=1, seed=0,
+                             device="cpu", class_label="glioma", cfg=1.0, solver="ddim")
     with pytest.raises(ConfigError, match="healthy or TLE"):
-        sample_from_args(args)
+        generate(args)
 
 
 @pytest.mark.distributed
@@ -263,11 +260,12 @@ def test_dit3d_zero2_two_ranks_under_the_deepspeed_launcher(pipeline, tmp_path):
 
 
 # ---------------------------------------------------------------------------- issue #12: silent wrong results
-def _sample_args(run: Path, out: Path, **over) -> Namespace:
-    base = dict(run=str(run), out=str(out), n=1, steps=2, modality=None, meta=None, conditions=None,
-                compressor_run=None, batch_size=2, seed=0, device="cpu", class_label=None, cfg=1.0, solver="ddim",
-                overwrite=False)
-    return Namespace(**{**base, **over})
+def _sample_args(run: Path, out: Path, **over) -> "DiT3dSampleConfig":
+    from bsynth_hpc.recipes.dit3d.sampling import DiT3dSampleConfig
+
+    base = dict(run=str(run), out=str(out), n=1, steps=2, batch_size=2, seed=0, device="cpu", class_label=None,
+                cfg=1.0, solver="ddim", overwrite=False)
+    return DiT3dSampleConfig(**{**base, **over})
 
 
 def _mixed_store(path: Path) -> Path:
@@ -289,7 +287,7 @@ def test_dit3d_trains_on_one_contrast_and_labels_samples_with_it(pipeline, tmp_p
     was labelled T1w."""
     from bsynth_hpc.data.latent_cache import LatentCache
     from bsynth_hpc.errors import ConfigError
-    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+    from bsynth_hpc.recipes.dit3d.sampling import DiT3dSampleConfig, generate
     from bsynth_hpc.recipes.encode import encode_store
 
     root = pipeline[0]
@@ -307,7 +305,7 @@ def test_dit3d_trains_on_one_contrast_and_labels_samples_with_it(pipeline, tmp_p
                        "recipe.modalities=[T2w]"]) == 0
     side = json.loads((tmp_path / "dit" / "export" / "dit.json").read_text())
     assert side["modalities"] == ["T2w"]
-    assert sample_from_args(_sample_args(tmp_path / "dit", tmp_path / "s")) == 0
+    assert generate(_sample_args(tmp_path / "dit", tmp_path / "s"))
     with open(tmp_path / "s" / "samples.csv", newline="") as fh:
         assert {r["modality"] for r in csv.DictReader(fh)} == {"T2w"}
 
@@ -316,18 +314,18 @@ def test_sampling_never_overwrites_and_continues_the_seeds(pipeline, tmp_path):
     """Repro of #12.3: a second call into the same --out rewrote sample 0 with seed 0 again."""
     import nibabel as nib
 
-    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+    from bsynth_hpc.recipes.dit3d.sampling import DiT3dSampleConfig, generate
 
     root, out = pipeline[0], tmp_path / "synth"
-    assert sample_from_args(_sample_args(root / "dit", out)) == 0
+    assert generate(_sample_args(root / "dit", out))
     first = {p.name: np.asarray(nib.load(p).dataobj) for p in out.glob("*.nii.gz")}
-    assert sample_from_args(_sample_args(root / "dit", out)) == 0
+    assert generate(_sample_args(root / "dit", out))
     with open(out / "samples.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and len({r["path"] for r in rows}) == 4 and len({r["seed"] for r in rows}) == 2
     for name, data in first.items():  # the earlier files are untouched
         assert np.array_equal(np.asarray(nib.load(out / name).dataobj), data)
-    assert sample_from_args(_sample_args(root / "dit", out, overwrite=True)) == 0
+    assert generate(_sample_args(root / "dit", out, overwrite=True))
     with open(out / "samples.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 4  # same names rewritten, nothing added
     for name, data in first.items():  # same seeds -> the same volumes
@@ -344,7 +342,7 @@ def test_a_retrained_compressor_invalidates_its_latents(pipeline, tmp_path):
     from bsynth_hpc.engine.export import export_model, load_exported
     from bsynth_hpc.errors import ConfigError, StoreError
     from bsynth_hpc.recipes.dit3d.ldm import DiT3dStage, DiT3dStageConfig
-    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+    from bsynth_hpc.recipes.dit3d.sampling import DiT3dSampleConfig, generate
     from bsynth_hpc.recipes.encode import encode_store
 
     root, store = pipeline[0], pipeline[1]
@@ -361,7 +359,7 @@ def test_a_retrained_compressor_invalidates_its_latents(pipeline, tmp_path):
     with pytest.raises(ConfigError, match="retrained since"):
         DiT3dStage(DiT3dStageConfig(latents=str(cache)), None)
     with pytest.raises(ConfigError, match="decoding would give wrong volumes"):
-        sample_from_args(_sample_args(root / "dit", tmp_path / "s", compressor_run=str(vae_run)))
+        generate(_sample_args(root / "dit", tmp_path / "s", compressor_run=str(vae_run)))
     assert not (tmp_path / "s").exists()
     encode_store(vae_run, store, cache, reencode=True)
     from bsynth_hpc.data.latent_cache import LatentCache
@@ -377,15 +375,15 @@ def test_space_native_overlays_the_reference_scan_in_world_coordinates(pipeline,
     from nibabel.processing import resample_from_to
 
     from bsynth_hpc.errors import ConfigError
-    from bsynth_hpc.recipes.dit3d.sampling import sample_from_args
+    from bsynth_hpc.recipes.dit3d.sampling import DiT3dSampleConfig, generate
 
     root = pipeline[0]
     ref_affine = np.array([[-1.5, 0.1, 0, 12], [0.1, 1.5, 0, -15], [0, 0, 1.25, -8], [0, 0, 0, 1]])
     ref = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((18, 20, 22), dtype=np.float32), ref_affine), str(ref))
-    assert sample_from_args(_sample_args(root / "dit", tmp_path / "grid", class_label="TLE")) == 0
-    assert sample_from_args(_sample_args(root / "dit", tmp_path / "native", class_label="TLE", space="native",
-                                         reference=str(ref))) == 0
+    assert generate(_sample_args(root / "dit", tmp_path / "grid", class_label="TLE"))
+    assert generate(_sample_args(root / "dit", tmp_path / "native", class_label="TLE", space="native",
+                                         reference=str(ref)))
     on_grid = nib.load(next((tmp_path / "grid").glob("*.nii.gz")))
     native = nib.load(next((tmp_path / "native").glob("*.nii.gz")))
     assert native.shape == (18, 20, 22) and np.allclose(native.affine, ref_affine)
@@ -394,7 +392,7 @@ def test_space_native_overlays_the_reference_scan_in_world_coordinates(pipeline,
     assert (diff > 2e-3).mean() < 0.01  # only voxels at the exact edge of the store grid differ (edge rounding)
     assert np.asarray(native.dataobj).max() > 0.05  # the grids overlap: not an empty volume
     with pytest.raises(ConfigError, match="no source grid"):  # this synthetic store recorded no source scans
-        sample_from_args(_sample_args(root / "dit", tmp_path / "x", space="native"))
+        generate(_sample_args(root / "dit", tmp_path / "x", space="native"))
 
 
 def test_output_space_scanner_grid_and_intensities(tmp_path):

@@ -43,7 +43,8 @@ class Recipe:
 
     ``stages``          stage name -> Stage class or ``"module:Class"`` (first = stage A)
     ``default_stage``   what ``launchers/train_<name>.py`` trains when no STAGE is given
-    ``sampler``         ``"module:function"``: ``function(config) -> int`` taking ``sample_config``
+    ``sampler``         ``"module:function"``: ``function(config)`` taking a ``sample_config``, writing
+                        the samples and returning their paths
     ``sample_config``   ``"module:Class"``: the sampler's typed config (a dataclass)
     ``sample_options``  ``"module:function"``: ``function(parser)`` adds the recipe's own
                         ``bsynth sample <name>`` flags (the shared ones are added by the CLI)

@@ -32,7 +32,7 @@ from ..common.provenance import check_decoder_matches, training_store
 from ..common.sampling import SampleConfig
 from .ldm import load_dit_info
 
-__all__ = ["DiT3dSampleConfig", "add_dit3d_sample_options", "generate", "sample_from_args"]
+__all__ = ["DiT3dSampleConfig", "add_dit3d_sample_options", "generate"]
 
 
 @dataclass
@@ -150,9 +150,3 @@ def generate(config: DiT3dSampleConfig) -> list[Path]:
     _log(f"wrote {len(rows)} volume(s) + previews + samples.csv to {out_dir} in {time.perf_counter() - t0:.1f} s")
     return paths
 
-
-def sample_from_args(args: Any) -> int:
-    """:func:`generate` from any object with the config's attributes (kept for callers written against
-    the argparse-era API; new code builds a :class:`DiT3dSampleConfig`)."""
-    generate(DiT3dSampleConfig.from_namespace(args))
-    return 0

@@ -41,7 +41,7 @@ from ...engine.stage import Batch, ExportContext, OptimSpec, StepContext
 from ...errors import ConfigError
 from ...models.autoencoder import CompressorConfig, build_compressor, preset_config
 from ...models.conditioning import Conditioning
-from ...models.unet3d import build_unet3d, unet3d_config
+from ...models.unet3d import UNet3dConfig, build_unet3d, unet3d_config
 from ..common.ldm_stage import LatentDiffusionConfig, LatentDiffusionStage
 from ..common.vaegan_stage import VAEGANConfig, VAEGANStage
 
@@ -150,7 +150,7 @@ class WFDMLDMConfig(LatentDiffusionConfig):
     config_aliases: ClassVar[dict[str, str]] = {"balance_modalities": "balanced"}
     diffusion: DiffusionConfig = field(default_factory=_default_diffusion)
     unet_preset: str = "unet3d-wfdm"
-    unet: dict[str, Any] = field(default_factory=dict)
+    unet: Overrides[UNet3dConfig] = field(default_factory=Overrides)
     """UNet3dConfig overrides (base_channels, channel_mult, attention_levels, dropout probs, ...)."""
 
     def validate(self, where: str) -> None:
