@@ -1,4 +1,4 @@
-"""Classifier-free guidance (Ho & Salimans 2022; seed 004 §III-C, seed 000's "class dropout" token).
+"""Classifier-free guidance (Ho & Salimans 2022; seed 004 §V.C, seed 000's "class dropout" token).
 
 Guided output ``out_u + s · (out_c - out_u)``: s = 1 is the conditional model, s = 0 the
 unconditional one. It is applied to the raw network output whatever its prediction type: the
