@@ -8,10 +8,15 @@ Shared by every sampler (``bsynth sample wfdm``, ``bsynth sample dit3d``, the 2D
 
 3D: ``volumes`` is (N, X, Y, Z) or (N, 1, X, Y, Z), array or tensor, in the preprocessed [0, 1] space
 (values are clipped to it); the voxel order is the store's (RAS after preprocessing), so the
-store's affine places the sample exactly where a real volume of that store lies; previews are
-tri-planar. 2D (``spatial_dims=2``): (N, H, W) or (N, 1, H, W) slices in the image order of a slice
-store (row = first axis, as ``bsynth prep --slices`` read them), written as 8-bit PNG (the sample
-and its preview at once) and, when an affine is given (a 3x3 in-plane one or a 4x4), also as a 2D NIfTI.
+store's affine places the sample exactly where a real volume of that store lies. 2D
+(``spatial_dims=2``): (N, H, W) or (N, 1, H, W) slices in the image order of a slice store (row =
+first axis, as ``bsynth prep --slices`` read them), written as 8-bit PNG (the sample itself) and,
+when an affine is given (a 3x3 in-plane one or a 4x4), also as a 2D NIfTI.
+
+Previews (out_dir/previews/<name>.png) are for a person: tri-planar for a volume, the slice for 2D,
+every view at least 160 px wide at the physical aspect ratio of the voxel spacing, under a title
+line (name, modality / class / metadata: ``titles``, :func:`sample_title`); out_dir/previews/overview.png
+tiles every preview of the folder into one labelled grid (:mod:`bsynth_hpc.eval.figures`).
 """
 from __future__ import annotations
 
@@ -27,9 +32,10 @@ import numpy as np
 from ...data.intensity import denormalize
 from ...data.store import VolumeStore
 from ...errors import ConfigError
+from ...eval.figures import slice_figure, triplanar_figure, write_overview
 
 __all__ = ["write_samples", "write_nifti", "write_preview", "write_png", "triplanar", "preview_image",
-           "nifti_affine", "write_samples_csv", "store_affine",
+           "sample_title", "voxel_spacing", "write_overview", "nifti_affine", "write_samples_csv", "store_affine",
            "read_samples_csv", "continue_numbering", "resample_to_grid", "OutputSpace",
            "output_space",
            "decode_latents", "decode_tile_from_env"]
@@ -133,20 +139,29 @@ def _uint8(arr: np.ndarray) -> np.ndarray:
     return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def triplanar(volume: Any) -> np.ndarray:
-    """Mid sagittal | coronal | axial slices side by side (uint8, radiological display: superior up)."""
-    arr = np.clip(_as_numpy(volume), 0.0, 1.0)
-    X, Y, Z = arr.shape
-    views = [arr[X // 2, :, :], arr[:, Y // 2, :], arr[:, :, Z // 2]]  # (Y,Z) (X,Z) (X,Y)
-    panels = [np.flipud(v.T) for v in views]  # rows: superior (or anterior) at the top
-    h = max(p.shape[0] for p in panels)
-    padded = [np.pad(p, ((0, h - p.shape[0]), (0, 2))) for p in panels]
-    return _uint8(np.concatenate(padded, axis=1))
+def voxel_spacing(affine: Any, spatial_dims: int = 3) -> tuple[float, ...]:
+    """Voxel sizes (mm) along each array axis: the column norms of the affine's linear part (4x4, or 3x3
+    for a 2D slice; None: 1 mm). A degenerate column counts as 1 mm."""
+    a = nifti_affine(affine)
+    norms = np.linalg.norm(a[:3, :spatial_dims], axis=0)
+    return tuple(float(n) if np.isfinite(n) and n > 0 else 1.0 for n in norms)
 
 
-def preview_image(volume: Any, spatial_dims: int = 3) -> np.ndarray:
-    """uint8 preview: :func:`triplanar` of a volume, or a 2D slice itself (image order)."""
-    return triplanar(volume) if spatial_dims == 3 else _uint8(_as_numpy(volume, 2))
+def triplanar(volume: Any, spacing: Sequence[float] = (1.0, 1.0, 1.0), title: str = "") -> np.ndarray:
+    """Mid sagittal | coronal | axial slices side by side under ``title`` (uint8, display orientation:
+    superior / anterior up), each view at least 160 px wide at the physical aspect of ``spacing``
+    (:func:`bsynth_hpc.eval.figures.triplanar_figure`)."""
+    return np.asarray(triplanar_figure(np.clip(_as_numpy(volume), 0.0, 1.0), spacing, title))
+
+
+def preview_image(volume: Any, spatial_dims: int = 3, spacing: Sequence[float] | None = None,
+                  title: str = "") -> np.ndarray:
+    """uint8 preview a person reads: :func:`triplanar` of a volume, or a 2D slice (image order) enlarged
+    to a legible size, under ``title``; ``spacing`` (mm per axis, default 1) sets the aspect ratio."""
+    if spatial_dims == 3:
+        return triplanar(volume, spacing or (1.0, 1.0, 1.0), title)
+    arr = np.clip(_as_numpy(volume, 2), 0.0, 1.0)
+    return np.asarray(slice_figure(arr, spacing or (1.0, 1.0), title))
 
 
 def write_png(image: np.ndarray, path: str | os.PathLike[str], scale: int = 1) -> Path:
@@ -162,9 +177,18 @@ def write_png(image: np.ndarray, path: str | os.PathLike[str], scale: int = 1) -
     return path
 
 
-def write_preview(volume: Any, path: str | os.PathLike[str], scale: int = 2, spatial_dims: int = 3) -> Path:
-    """A PNG preview of one volume (tri-planar) or slice."""
-    return write_png(preview_image(volume, spatial_dims), path, scale)
+def write_preview(volume: Any, path: str | os.PathLike[str], scale: int = 1, spatial_dims: int = 3,
+                  spacing: Sequence[float] | None = None, title: str = "") -> Path:
+    """A PNG preview of one volume (tri-planar) or slice (:func:`preview_image`)."""
+    return write_png(preview_image(volume, spatial_dims, spacing, title), path, scale)
+
+
+def sample_title(name: str, fields: Mapping[str, Any] | None = None) -> str:
+    """A preview title: the sample name, then ``key: value`` for each field that has a value (modality,
+    label, metadata such as age or sex), e.g. ``sample-0003_T2w  modality: T2w  age: 71``."""
+    parts = [str(name)] + [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
+                           for k, v in (fields or {}).items() if v not in (None, "")]
+    return "  ".join(parts)
 
 
 def resample_to_grid(volume: Any, affine: Any, shape: Sequence[int], target_affine: Any) -> np.ndarray:
@@ -241,12 +265,19 @@ def output_space(space: str, intensity: str, reference: str | None,
 
 
 def write_samples(volumes: Any, affine: Any, out_dir: str | os.PathLike[str], names: Sequence[str],
-                  previews: bool = True, space: OutputSpace | None = None, spatial_dims: int = 3) -> list[Path]:
+                  previews: bool = True, space: OutputSpace | None = None, spatial_dims: int = 3,
+                  titles: Sequence[str] | None = None, overview: bool = True) -> list[Path]:
     """Write out_dir/<name>.nii.gz (+ out_dir/previews/<name>.png) for each volume; returns the NIfTI paths.
 
     ``space`` moves each volume onto a scanner grid and/or into scanner intensities first (previews
-    stay on the store grid, in [0, 1]). ``spatial_dims=2``: out_dir/<name>.png per slice (returned),
-    plus out_dir/<name>.nii.gz when ``affine`` is not None; ``space`` may only change intensities."""
+    stay on the store grid, in [0, 1]). ``spatial_dims=2``: out_dir/<name>.png per slice (the 8-bit
+    sample itself, returned), plus out_dir/<name>.nii.gz when ``affine`` is not None; ``space`` may only
+    change intensities.
+
+    Previews are legible: each view at least 160 px wide at the aspect ratio of the affine's voxel
+    spacing, under a title line (``titles``, one per sample, e.g. from :func:`sample_title`; default the
+    name). ``overview`` refreshes out_dir/previews/overview.png, one labelled grid of every preview in
+    the folder (a caller writing many chunks may pass False and call :func:`write_overview` once)."""
     if spatial_dims not in (2, 3):
         raise ConfigError(f"write_samples: spatial_dims={spatial_dims!r} must be 2 or 3")
     if spatial_dims == 2 and space is not None and space.shape is not None:
@@ -256,22 +287,28 @@ def write_samples(volumes: Any, affine: Any, out_dir: str | os.PathLike[str], na
     vols = list(volumes) if not isinstance(volumes, np.ndarray) else [volumes[i] for i in range(volumes.shape[0])]
     if len(vols) != len(names):
         raise ValueError(f"write_samples: {len(vols)} volumes but {len(names)} names")
+    if titles is not None and len(titles) != len(names):
+        raise ValueError(f"write_samples: {len(titles)} titles but {len(names)} names")
+    spacing = voxel_spacing(affine, spatial_dims)
     paths = []
-    for vol, name in zip(vols, names):
+    for i, (vol, name) in enumerate(zip(vols, names)):
         arr = _as_numpy(vol, spatial_dims)
         if spatial_dims == 2:
-            png = write_png(preview_image(arr, 2), out / f"{name}.png")
+            png = write_png(_uint8(arr), out / f"{name}.png")
             if affine is not None:
                 written = space.apply(arr, affine)[0] if space is not None else arr
                 write_nifti(written, affine, out / f"{name}.nii.gz", clip01=space is None or space.record is None,
                             spatial_dims=2)
             paths.append(png)
-            continue
-        written, affine_out = space.apply(arr, affine) if space is not None else (arr, affine)
-        paths.append(write_nifti(written, affine_out, out / f"{name}.nii.gz",
-                                 clip01=space is None or space.record is None))
+        else:
+            written, affine_out = space.apply(arr, affine) if space is not None else (arr, affine)
+            paths.append(write_nifti(written, affine_out, out / f"{name}.nii.gz",
+                                     clip01=space is None or space.record is None))
         if previews:
-            write_preview(arr, out / "previews" / f"{name}.png")
+            write_preview(arr, out / "previews" / f"{name}.png", spatial_dims=spatial_dims, spacing=spacing,
+                          title=titles[i] if titles is not None else str(name))
+    if previews and overview and vols:
+        write_overview(out / "previews", f"{out.name or out}: samples")
     return paths
 
 

@@ -45,7 +45,7 @@ from torch import nn
 from ...configtools import require
 from ...engine.config import ScheduleConfig
 from ...engine.stage import Batch, ExportContext, ExportSpec, OptimSpec, Phase, Stage, StepContext
-from ...eval.figures import recon_figure
+from ...eval.figures import recon_figure, write_overview
 from ...losses import SlicePerceptualLoss, VAEGANLoss, VAEGANWeights
 from ...models.autoencoder import PatchDiscriminator3d, PatchDiscriminatorConfig, estimate_latent_scale
 from .stage_utils import bare_module, per_sample_mean
@@ -246,13 +246,16 @@ class VAEGANStage(Stage):
 
     # ------------------------------------------------------------------ validation
     def preview(self, batch: Batch, ctx: StepContext, path: Path) -> Path | None:
-        """Input | posterior-mean reconstruction | error of the batch's first volume (middle slices)."""
+        """Input | posterior-mean reconstruction | error of the batch's first volume (middle slices), and
+        the folder's overview.png refreshed: every step's preview in one grid, so training is seen at once."""
         x = batch["image"][:1]
         vae = bare_module(ctx.models["vae"])
         with torch.no_grad():
             recon = vae.decode(vae.encode(x).mean, x.shape[2:]).float().clamp(0, 1)
-        return recon_figure(x[0, 0].float().cpu().numpy(), recon[0, 0].cpu().numpy(), path,
-                            f"{self.name} step {ctx.step}: validation reconstruction")
+        written = recon_figure(x[0, 0].float().cpu().numpy(), recon[0, 0].cpu().numpy(), path,
+                               f"{self.name} step {ctx.step}: validation reconstruction")
+        write_overview(Path(path).parent, f"{self.name}: validation reconstructions by step", pattern="step-*.png")
+        return written
 
     def validation_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Per-volume ``l1`` and ``psnr`` of the posterior-mean reconstruction (+ ``loss``, see the
