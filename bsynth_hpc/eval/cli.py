@@ -1,4 +1,4 @@
-"""``bsynth eval recon`` and ``bsynth eval synth``: argument parsing and the two command handlers.
+"""``bsynth eval recon``, ``synth`` and ``fidelity``: argument parsing and the command handlers.
 
 Only argparse is imported at parser-build time; torch, MONAI and the networks load when a
 command runs.
@@ -70,7 +70,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def add_eval_parser(sub: Any) -> None:
     """Register ``bsynth eval {recon,synth}`` on the top-level subparsers."""
-    p = sub.add_parser("eval", help="evaluation metrics, tables and figures (recon | synth)")
+    p = sub.add_parser("eval", help="evaluation metrics, tables and figures (recon | synth | fidelity)")
     ev = p.add_subparsers(dest="eval_command", required=True, metavar="PROTOCOL")
 
     s = ev.add_parser("synth", help="generated vs real volumes: MedicalNet FID/MMD, MS-SSIM diversity (seed 003)",
@@ -91,6 +91,8 @@ def add_eval_parser(sub: Any) -> None:
     _add_common(s)
     s.set_defaults(func=cmd_eval_synth)
 
+    _add_fidelity(ev)
+
     r = ev.add_parser("recon", help="a compressor on held-out volumes: PSNR/SSIM/MS-SSIM/LPIPS/MSE (seed 003)",
                       description="Reconstruction fidelity of a compressor on a store split: per-volume PSNR, "
                                   "SSIM, MS-SSIM, LPIPS (tri-planar) and MSE, per modality and pooled "
@@ -110,6 +112,32 @@ def add_eval_parser(sub: Any) -> None:
     r.add_argument("--examples", type=int_at_least(0), default=1, help="figures per modality")
     _add_common(r)
     r.set_defaults(func=cmd_eval_recon)
+
+
+def _add_fidelity(ev: Any) -> None:
+    """``bsynth eval fidelity``: weight-free sample fidelity and memorization audit."""
+    f = ev.add_parser("fidelity", help="samples vs a real store without pretrained weights: correlation, brain-mask "
+                                       "Dice, contrast, tissue order, memorization audit",
+                      description="Per sample: correlation with the real training mean of its modality (and class), "
+                                  "Otsu brain-mask Dice, which contrast it resembles (T1w = T1Gd family), "
+                                  "tissue-contrast order (WM > GM > CSF in T1w/T1Gd, CSF brightest in T2w, suppressed "
+                                  "in FLAIR), and its nearest training volume (correlation, 3D SSIM) against the "
+                                  "held-out real volumes' nearest-training similarity: a sample closer to a training "
+                                  "volume than any held-out real volume is gets flagged as a likely copy. Writes "
+                                  "fidelity.json, fidelity.md and nearest_training.png.")
+    f.add_argument("--real", required=True, help="the bsynth Zarr store the model was trained on")
+    f.add_argument("--fake", required=True, help="a `bsynth sample` output folder (NIfTI + samples.csv)")
+    f.add_argument("--out", required=True, type=output_folder, help="output folder")
+    f.add_argument("--train-split", default="train",
+                   help="split holding the training volumes: reference means and memorization neighbours "
+                        "(default train)")
+    f.add_argument("--real-split", default="val,test",
+                   help="comma-separated held-out split(s): the real reference column and copy threshold "
+                        "(default val,test)")
+    f.add_argument("--ssim-candidates", type=int_at_least(0), default=8,
+                   help="SSIM against this many best-correlated training volumes per sample (0 = all; default 8)")
+    f.add_argument("--grid", type=int_at_least(1), default=16, help="samples in nearest_training.png (default 16)")
+    f.set_defaults(func=cmd_eval_fidelity)
 
 
 # ---------------------------------------------------------------------------------------- handlers
@@ -198,6 +226,23 @@ def _synth_figures(real: Any, fake: Any, fake_path: Path, out: Path, grid: int, 
         figures.append(trajectory_figure(rows_t, out / "trajectory.png", f"Denoising trajectories{tag}",
                                          random_features=random))
     return figures
+
+
+def cmd_eval_fidelity(args: argparse.Namespace) -> int:
+    """``bsynth eval fidelity``: see the subcommand description."""
+    from .fidelity import FidelityConfig, headline, run_fidelity  # lazy: torch, MONAI (fast --help)
+
+    splits = tuple(s.strip() for s in args.real_split.split(",") if s.strip())
+    if args.train_split in splits:
+        raise ConfigError(f"--real-split {args.real_split} includes the training split {args.train_split}: held-out "
+                          "volumes must not be training volumes")
+    config = FidelityConfig(train_split=args.train_split, heldout_splits=splits,
+                            ssim_candidates=args.ssim_candidates, grid_max=args.grid)
+    result, paths = run_fidelity(Path(args.real), Path(args.fake), Path(args.out), config, log=_log,
+                                 arguments=vars(args))
+    print(headline(result), flush=True)
+    _log(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
 
 
 def cmd_eval_recon(args: argparse.Namespace) -> int:
