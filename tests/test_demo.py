@@ -125,6 +125,10 @@ def test_demo_wfdm_end_to_end(tmp_path, monkeypatch):   # ~50 s of CPU: the READ
     assert main(argv) == 0
     summary = json.loads((out / common_demo.SUMMARY_NAME).read_text())
     assert summary["recipe"] == "wfdm" and summary["options"]["subjects"] == 6
-    assert list(summary["step_seconds"]) == ["cohort", "prep", "wfdm-vae", "encode", "wfdm-ldm", "sample", "eval"]
+    assert list(summary["step_seconds"]) == ["cohort", "prep", "wfdm-vae", "encode", "wfdm-ldm", "sample", "eval",
+                                             "fidelity"]
     assert (out / "samples" / "samples.csv").is_file()
     assert (out / "eval" / "synth" / "metrics.json").is_file() and (out / "eval" / "recon" / "metrics.json").is_file()
+    fidelity = json.loads((out / "eval" / "fidelity" / "fidelity.json").read_text())
+    n_samples = len((out / "samples" / "samples.csv").read_text().strip().splitlines()) - 1
+    assert fidelity["summary"]["samples"]["pooled"]["corr_modality"]["n"] == n_samples > 0
