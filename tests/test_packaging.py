@@ -86,6 +86,8 @@ def test_demo_runs_from_the_installed_wheel(wheel, tmp_path):
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["recipe"] == "wfdm" and summary["exit_code"] == 0
-    assert list(summary["step_seconds"]) == ["cohort", "prep", "wfdm-vae", "encode", "wfdm-ldm", "sample", "eval"]
+    assert list(summary["step_seconds"]) == ["cohort", "prep", "wfdm-vae", "encode", "wfdm-ldm", "sample", "eval",
+                                             "fidelity"]
     assert (out / "samples" / "samples.csv").is_file() and (out / "eval" / "synth" / "metrics.json").is_file()
+    assert (out / "eval" / "fidelity" / "fidelity.json").is_file()
     assert "Traceback" not in proc.stderr

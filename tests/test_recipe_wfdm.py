@@ -27,7 +27,8 @@ ENGINE = {"micro_batch": 2, "grad_accum": 1, "max_steps": 3, "val_every": 0, "ck
           "schedule": {"name": "constant", "warmup": 0}}
 VAE_RECIPE = {"compressor": "wf-vae", "compressor_kwargs": {"base_channels": 4, "num_res_blocks": 1, "norm_groups": 4},
               "discriminator": {"channels": 4, "num_layers": 1}, "lr": 2e-3, "disc_start": 1,
-              "perceptual_weight": 0.3, "perceptual_slices": 1, "allow_random_perceptual": True, "scale_volumes": 4}
+              "perceptual_weight": 0.3, "perceptual": {"slices_per_plane": 1, "allow_random": True},
+              "scale_volumes": 4}
 UNET = {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
         "attention_heads": 2, "norm_groups": 4, "metadata_dim": 8, "metadata_field_dim": 4}
 
