@@ -51,24 +51,79 @@ EXTRAS = {
 }
 
 
+def _nvcc_release(cuda_home: str) -> str | None:
+    """The toolkit release ("13.0") that `nvcc --version` of `cuda_home` reports, None if it does not run."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"release (\d+\.\d+)", out)
+    return found.group(1) if found else None
+
+
+def _cuda_toolkit(guess: str | None) -> str | None:
+    """The CUDA toolkit root to build against: torch's guess (CUDA_HOME, else the parent of the `nvcc` on
+    PATH) when it holds bin/nvcc and libcudart.so, else /usr/local/cuda or /usr/local/cuda-*. Needed where
+    `nvcc` on PATH is a wrapper script (here /usr/local/bin/nvcc), which makes torch guess /usr/local."""
+    import glob
+
+    candidates = [guess] if guess else []
+    candidates += ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    for root in candidates:
+        has_nvcc = os.path.exists(os.path.join(root, "bin", "nvcc"))
+        if has_nvcc and any(os.path.exists(os.path.join(root, lib, "libcudart.so")) for lib in ("lib64", "lib")):
+            return root
+    return None
+
+
 def _extensions():
-    """Return the csrc extension modules when BSYNTH_BUILD_EXT=1, else nothing."""
+    """The csrc extension `bsynth_hpc._C` when BSYNTH_BUILD_EXT=1, else nothing (a plain install needs no compiler).
+
+    C++ kernels always (-O3, OpenMP); the CUDA kernels too where a CUDA toolkit (CUDA_HOME) and a CUDA build of
+    torch exist and BSYNTH_EXT_CPU_ONLY is not 1, compiled explicitly for sm_80 (A100) and sm_90 (H100/H200).
+    torch refuses a CUDA *major* mismatch between nvcc and its own CUDA build, so then only the C++ op is built
+    (with a warning); a minor mismatch (e.g. nvcc 13.0, torch cu132) only warns and is safe: CUDA keeps binary
+    compatibility within a major release, and at run time the extension uses the libcudart torch loaded.
+    """
     if os.environ.get("BSYNTH_BUILD_EXT") != "1":
         return [], {}
+    import warnings
+
+    import torch
     from torch.utils import cpp_extension
 
     sources = [os.path.join("csrc", f) for f in sorted(os.listdir("csrc")) if f.endswith(".cpp")]
     cuda_sources = [os.path.join("csrc", f) for f in sorted(os.listdir("csrc")) if f.endswith(".cu")]
-    if not sources and not cuda_sources:
-        import warnings
-
-        warnings.warn("BSYNTH_BUILD_EXT=1, but csrc/ holds no extension sources yet: nothing is built and "
-                      "bsynth_hpc.ops uses the Triton kernels / PyTorch references", stacklevel=1)
+    if not sources:
+        warnings.warn("BSYNTH_BUILD_EXT=1, but csrc/ holds no extension sources: nothing is built", stacklevel=1)
         return [], {}
-    if cuda_sources and cpp_extension.CUDA_HOME is not None:
-        ext = cpp_extension.CUDAExtension("bsynth_hpc._C", sources + cuda_sources)
+    cxx = ["-O3", "-fopenmp"]  # the C++ standard is the one torch requires (cpp_extension adds it)
+    build_cuda = bool(cuda_sources) and os.environ.get("BSYNTH_EXT_CPU_ONLY") != "1"
+    if build_cuda:
+        cpp_extension.CUDA_HOME = _cuda_toolkit(cpp_extension.CUDA_HOME)  # read by CUDAExtension and the build
+    if build_cuda and (cpp_extension.CUDA_HOME is None or torch.version.cuda is None):
+        warnings.warn("BSYNTH_BUILD_EXT=1: no CUDA toolkit (CUDA_HOME) or a CPU-only torch; building the C++ "
+                      "ops only", stacklevel=1)
+        build_cuda = False
+    if build_cuda:
+        release = _nvcc_release(cpp_extension.CUDA_HOME)
+        if release is not None and release.split(".")[0] != torch.version.cuda.split(".")[0]:
+            warnings.warn(f"BSYNTH_BUILD_EXT=1: nvcc {release} and torch's CUDA {torch.version.cuda} differ in the "
+                          "major version, which torch cannot load together; building the C++ ops only (point "
+                          "CUDA_HOME at a matching toolkit for the CUDA ops)", stacklevel=1)
+            build_cuda = False
+    if build_cuda:
+        nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo",
+                "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+        ext = cpp_extension.CUDAExtension("bsynth_hpc._C", sources + cuda_sources,
+                                          extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
     else:
-        ext = cpp_extension.CppExtension("bsynth_hpc._C", sources)
+        ext = cpp_extension.CppExtension("bsynth_hpc._C", sources, extra_compile_args={"cxx": cxx},
+                                         extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 

@@ -334,6 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"variants {args.variants}; load {load_before}", flush=True)
     results: list[dict[str, Any]] = []
     attention: dict[str, dict[str, Any]] = {}
+    env = environment_info(device)
+
+    def save_partial(rows: list[dict[str, Any]]) -> None:
+        """The rows and probes so far (``complete: false``): a run killed by a time budget keeps them."""
+        write_results(args.name, {"benchmark": "dit3d_training", "complete": False, "environment": env,
+                                  "attention": attention, "results": rows}, args.out)
+
     try:
         for lat_name, latent in latents.items():
             cache = build_latent_cache(work / f"latents_{lat_name}.zarr", latent)
@@ -347,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     attention[lat_name][mode]["fwd_bwd_probe"] = probe
                     print(f"  probe {lat_name} {mode}: fwd+bwd {probe.get('fwd_bwd_peak_mb')} MB in "
                           f"{probe.get('fwd_bwd_s')} s ({probe.get('memory_metric', probe.get('error'))})", flush=True)
+                    save_partial(results)
             best: dict[str, dict[str, Any]] = {}
             for repeat in range(args.repeats):
                 for mode in modes:          # modes and backends round-robin inside one latent size
@@ -359,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         r.update(latent=lat_name, latent_shape=list(latent), mode=mode, window_blocks=blocks)
                         _print_row(r, repeat)
                         keep_fastest(best, f"{mode}/{variant}", r)
+                        save_partial(results + list(best.values()))
             results.extend(best.values())
     finally:
         if work_ctx is not None:
@@ -377,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "train_state": None})
     payload = {
         "benchmark": "dit3d_training",
-        "environment": environment_info(device),
+        "complete": True,
+        "environment": env,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "settings": {"size": size, "model": model, "modes": {m: window_blocks(m, model) for m in modes},

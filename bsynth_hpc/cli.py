@@ -43,6 +43,8 @@ def cmd_demo_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_prep(args: argparse.Namespace) -> int:
+    if args.slices_from:
+        return cmd_slices_from(args)
     from bsynth_hpc.prep.pipeline import PrepConfig, PrepSource, run_prep  # lazy: Dask/nibabel, only for prep
 
     if args.manifest:
@@ -67,6 +69,15 @@ def cmd_prep(args: argparse.Namespace) -> int:
     )
     result = run_prep(source, args.out, config)
     return int(result.exit_code)
+
+
+def cmd_slices_from(args: argparse.Namespace) -> int:
+    """``bsynth prep --slices-from STORE --out SLICES``: 2D slices cut from a finalized 3D store."""
+    from bsynth_hpc.prep.slices_from import slice_config_from_args, slices_from_store  # lazy: prep-only imports
+
+    config = slice_config_from_args(args.axis, args.size, args.modalities, args.min_brain_fraction, args.slice_fit,
+                                    args.interpolation, args.value_range, args.dtype, args.quiet)
+    return int(slices_from_store(args.slices_from, args.out, config).exit_code)
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
@@ -95,12 +106,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 BENCHMARKS = {  # `bsynth bench NAME [options]` -> the module whose main(argv) runs it
     "kernels": "benchmarks.kernels.run_all",            # Triton kernels vs eager / compile / references
+    "compile": "benchmarks.kernels_compile",            # AOT compile of every Triton kernel for sm_90/sm_80
     "data": "benchmarks.data_throughput",               # preprocessing (Dask) and loader throughput
     "training": "benchmarks.training_throughput",       # single vs DDP vs ZeRO-1/2/3 (+ offload)
     "sampling": "benchmarks.e2e_sampling",              # WFDM seconds per volume (003 Table 6 protocol)
     "decode": "benchmarks.tiled_decode",                # whole vs tiled decode memory/time
     "ablation": "benchmarks.compressor_ablation",       # 003 Table 3 compressors at equal steps
     "dit3d": "benchmarks.dit3d",                        # DiT-3D window vs global, ZeRO vs DDP, DDPM vs DDIM
+    "dwconv": "benchmarks.depthwise_conv3d",            # csrc depthwise 3D conv extension vs F.conv3d(groups=C)
+    "gpu": "benchmarks.gpu_suite",                      # the one prepared GPU suite (<= 8 min on one H100/H200)
 }
 
 
@@ -178,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(ce-*_T1w -> T1Gd); labels/metadata from participants.tsv")
     src.add_argument("--brats", help="BraTS-layout folder (<case>/<case>_t1|_t1ce|_t2|_flair.nii.gz)")
     src.add_argument("--slices", help="2D slice image folders by class (ROOT/<class>/*.png)")
+    src.add_argument("--slices-from", metavar="STORE",
+                     help="finalized 3D store: cut its volumes into a 2D slice store (non-empty slices, the "
+                          "store's subject splits kept; seeds 001/004)")
     p.add_argument("--out", required=True, help="output store, e.g. data/store.zarr")
     p.add_argument("--shape", type=int, nargs="+", default=None,
                    help=f"target shape: 3 ints (default {' '.join(map(str, DEFAULT_SHAPE))}), 2 for --slices (default 256 256)")
@@ -213,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-input memory limit, checked from the header before any voxel is read; larger or "
                         "lying files (gzip bombs) are reported as failed (default $BSYNTH_MAX_VOLUME_MB or 512 = "
                         "a 512^3 float32 volume)")
+    sl = p.add_argument_group("--slices-from options")
+    sl.add_argument("--axis", choices=["axial", "coronal", "sagittal"], default="axial", help="slice orientation")
+    sl.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
+                    help="slice size: N (square) or H W (default 128: seed 001; 256 for seed 004)")
+    sl.add_argument("--modalities", nargs="+", default=None, metavar="MOD",
+                    help="only these modalities, e.g. FLAIR T1Gd (default all)")
+    sl.add_argument("--min-brain-fraction", type=float, default=0.05, metavar="F",
+                    help="keep a slice when at least this fraction of its pixels is brain (default 0.05)")
+    sl.add_argument("--slice-fit", choices=["pad", "stretch"], default="pad",
+                    help="pad: keep the aspect ratio and pad (default); stretch: resize to exactly the size")
+    sl.add_argument("--interpolation", choices=["bicubic", "bilinear"], default="bicubic",
+                    help="resize filter (001: bicubic, 004: bilinear)")
+    sl.add_argument("--value-range", type=float, nargs=2, default=[-1.0, 1.0], metavar=("LO", "HI"),
+                    help="stored intensity range (default -1 1)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prep)
 

@@ -41,7 +41,8 @@ KNOWN_SHA256: dict[str, str] = {
 }
 """Full SHA-256 of known release files, by file name."""
 
-TORCHVISION_HASHED_NAMES: frozenset[str] = frozenset({"alexnet-owt-7be5be79.pth", "inception_v3_google-0cc3c7bd.pth"})
+TORCHVISION_HASHED_NAMES: frozenset[str] = frozenset({"alexnet-owt-7be5be79.pth", "inception_v3_google-0cc3c7bd.pth",
+                                                   "efficientnet_b0_rwightman-7f5810bc.pth"})
 """torchvision release files whose name carries the first hex digits of their SHA-256."""
 
 

@@ -58,11 +58,16 @@ try:  # triton is an optional dependency: the reference must import without it
 except Exception:  # pragma: no cover - platform without triton
     HAS_TRITON = False
 
+from .launch import Launch
+
 __all__ = [
     "HAS_TRITON",
     "GroupNormSiLUFunction",
     "group_norm_silu_reference",
     "group_norm_silu_triton",
+    "plan_forward",
+    "plan_backward",
+    "programs_for_sms",
 ]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -362,10 +367,15 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def programs_for_sms(sm_count: int) -> int:
+    """Programs a split reduction aims for on a GPU with `sm_count` SMs: a few waves."""
+    return 8 * sm_count
+
+
 def _target_programs(device: torch.device) -> int:
-    """Programs a split reduction aims for: a few waves of the GPU; few on the CPU interpreter."""
+    """`programs_for_sms` of x's GPU; few on the CPU interpreter."""
     if device.type == "cuda":
-        return 8 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        return programs_for_sms(_sm_count(device.index if device.index is not None else torch.cuda.current_device()))
     return 16
 
 
@@ -429,9 +439,11 @@ def _device_guard(x: torch.Tensor) -> contextlib.AbstractContextManager:
 # --------------------------------------------------------------------------------------------
 # launchers
 # --------------------------------------------------------------------------------------------
-def _forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-             scale: torch.Tensor | None, shift: torch.Tensor | None, G: int, eps: float, plan: _Plan
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def plan_forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 scale: torch.Tensor | None, shift: torch.Tensor | None, G: int, eps: float, plan: _Plan
+                 ) -> tuple[list[Launch], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three forward launches (statistics partials, finalize, apply) and their outputs y, mean,
+    rstd, allocated on x's device (meta tensors work: the compile check builds them this way)."""
     B, C = x.shape[:2]
     S = x.numel() // (B * C)
     N = (C // G) * S
@@ -441,27 +453,31 @@ def _forward(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | 
     pm2 = torch.empty_like(pmean)
     mean = torch.empty(B * G, **f32)
     rstd = torch.empty_like(mean)
-    _stats_partial_kernel[(B * G * st.n_chunks,)](x, pmean, pm2, N, st.chunk, st.n_chunks, st.tiles,
-                                                  BLOCK=st.block, num_warps=_warps(st.block))
     bp = min(1024, max(16, _next_pow2(st.n_chunks)))
-    _stats_finalize_kernel[(B * G,)](pmean, pm2, mean, rstd, N, st.chunk, st.n_chunks, float(eps),
-                                     BLOCK_P=bp, num_warps=_warps(bp))
     y = torch.empty_like(x)
     dummy = mean  # never read: the HAS_* flags are constexpr
     n_sblk = plan.n_sblk(S)
-    _fwd_apply_kernel[(B * C * n_sblk,)](
-        x, y, mean, rstd, dummy if weight is None else weight, dummy if bias is None else bias,
-        dummy if scale is None else scale, dummy if shift is None else shift,
-        C, C // G, S, n_sblk, *_strides(scale), *_strides(shift),
-        HAS_W=weight is not None, HAS_B=bias is not None, HAS_SCALE=scale is not None,
-        HAS_SHIFT=shift is not None, BLOCK=plan.apply_block, num_warps=_warps(plan.apply_block))
-    return y, mean, rstd
+    launches = [
+        Launch(_stats_partial_kernel, (B * G * st.n_chunks,), (x, pmean, pm2, N, st.chunk, st.n_chunks, st.tiles),
+               {"BLOCK": st.block}, _warps(st.block)),
+        Launch(_stats_finalize_kernel, (B * G,), (pmean, pm2, mean, rstd, N, st.chunk, st.n_chunks, float(eps)),
+               {"BLOCK_P": bp}, _warps(bp)),
+        Launch(_fwd_apply_kernel, (B * C * n_sblk,),
+               (x, y, mean, rstd, dummy if weight is None else weight, dummy if bias is None else bias,
+                dummy if scale is None else scale, dummy if shift is None else shift,
+                C, C // G, S, n_sblk, *_strides(scale), *_strides(shift)),
+               dict(HAS_W=weight is not None, HAS_B=bias is not None, HAS_SCALE=scale is not None,
+                    HAS_SHIFT=shift is not None, BLOCK=plan.apply_block), _warps(plan.apply_block)),
+    ]
+    return launches, y, mean, rstd
 
 
-def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-              scale: torch.Tensor | None, shift: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
-              G: int, plan: _Plan, need_dx: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Return dx (or None) and `red` (4, B, C) fp32: dshift, dscale, dbias/dweight contributions."""
+def plan_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                  scale: torch.Tensor | None, shift: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+                  G: int, plan: _Plan, need_dx: bool
+                  ) -> tuple[list[Launch], torch.Tensor | None, torch.Tensor]:
+    """The backward launches (partial sums, finalize, dx if `need_dx`), dx (or None) and `red`
+    (4, B, C) fp32: dshift, dscale, dbias/dweight contributions."""
     B, C = x.shape[:2]
     S = x.numel() // (B * C)
     CPG = C // G
@@ -473,24 +489,32 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bi
     wp, bp_, sp, hp = (dummy if t is None else t for t in (weight, bias, scale, shift))
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, HAS_SCALE=scale is not None)
     ss, sh = _strides(scale), _strides(shift)
-    _bwd_partial_kernel[(B * C * gs.n_chunks,)](
-        x, dy, mean, rstd, wp, bp_, sp, hp, p1, p2, C, CPG, S, gs.chunk, gs.n_chunks, gs.tiles, *ss, *sh,
-        **flags, HAS_SHIFT=shift is not None, BLOCK=gs.block, num_warps=_warps(gs.block))
     red = torch.empty(4, B, C, **f32)
     coef = torch.empty(2, B * G, **f32)
     block_c = _next_pow2(CPG)
     block_p = max(1, min(_next_pow2(gs.n_chunks), max(1, 4096 // block_c)))
-    _bwd_finalize_kernel[(B * G,)](
-        p1, p2, rstd, wp, bp_, sp, red, coef, C, CPG, B * C, B * G, gs.n_chunks, 1.0 / (CPG * S), *ss,
-        **flags, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=_warps(block_c * block_p))
+    launches = [
+        Launch(_bwd_partial_kernel, (B * C * gs.n_chunks,),
+               (x, dy, mean, rstd, wp, bp_, sp, hp, p1, p2, C, CPG, S, gs.chunk, gs.n_chunks, gs.tiles, *ss, *sh),
+               dict(**flags, HAS_SHIFT=shift is not None, BLOCK=gs.block), _warps(gs.block)),
+        Launch(_bwd_finalize_kernel, (B * G,),
+               (p1, p2, rstd, wp, bp_, sp, red, coef, C, CPG, B * C, B * G, gs.n_chunks, 1.0 / (CPG * S), *ss),
+               dict(**flags, BLOCK_C=block_c, BLOCK_P=block_p), _warps(block_c * block_p)),
+    ]
     dx = None
     if need_dx:
         dx = torch.empty_like(x)
         n_sblk = plan.n_sblk(S)
-        _bwd_dx_kernel[(B * C * n_sblk,)](
-            x, dy, dx, mean, rstd, coef, wp, bp_, sp, hp, C, CPG, S, n_sblk, B * G, *ss, *sh,
-            **flags, HAS_SHIFT=shift is not None, BLOCK=plan.apply_block, num_warps=_warps(plan.apply_block))
-    return dx, red
+        launches.append(Launch(_bwd_dx_kernel, (B * C * n_sblk,),
+                               (x, dy, dx, mean, rstd, coef, wp, bp_, sp, hp, C, CPG, S, n_sblk, B * G, *ss, *sh),
+                               dict(**flags, HAS_SHIFT=shift is not None, BLOCK=plan.apply_block),
+                               _warps(plan.apply_block)))
+    return launches, dx, red
+
+
+def _run(launches: list[Launch]) -> None:
+    for launch in launches:
+        launch()
 
 
 class GroupNormSiLUFunction(torch.autograd.Function):
@@ -502,7 +526,8 @@ class GroupNormSiLUFunction(torch.autograd.Function):
                 plan: _Plan) -> torch.Tensor:
         x = x.contiguous()
         with _device_guard(x):
-            y, mean, rstd = _forward(x, weight, bias, scale, shift, num_groups, eps, plan)
+            launches, y, mean, rstd = plan_forward(x, weight, bias, scale, shift, num_groups, eps, plan)
+            _run(launches)
         ctx.save_for_backward(x, weight, bias, scale, shift, mean, rstd)
         ctx.num_groups = num_groups
         ctx.plan = plan
@@ -516,8 +541,9 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         if not (need_x or need_w or need_b or need_s or need_t):
             return (None,) * 8
         with _device_guard(x):
-            dx, red = _backward(dy.contiguous(), x, weight, bias, scale, shift, mean, rstd, ctx.num_groups,
-                                ctx.plan, need_x)
+            launches, dx, red = plan_backward(dy.contiguous(), x, weight, bias, scale, shift, mean, rstd,
+                                              ctx.num_groups, ctx.plan, need_x)
+            _run(launches)
         dw = red[3].sum(0).to(weight.dtype) if need_w else None
         db = red[2].sum(0).to(bias.dtype) if need_b else None
         ds = red[1].to(scale.dtype) if need_s else None

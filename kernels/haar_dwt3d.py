@@ -45,6 +45,8 @@ try:  # triton is optional: the references must import and run without it
 except Exception:  # pragma: no cover - platform without triton
     HAS_TRITON = False
 
+from .launch import Launch
+
 __all__ = [
     "HAS_TRITON",
     "SUBBAND_NAMES",
@@ -54,6 +56,8 @@ __all__ = [
     "haar_dwt3d_triton",
     "haar_idwt3d_triton",
     "haar_dwt3d_two_level",
+    "plan_dwt",
+    "plan_idwt",
 ]
 
 SUBBAND_NAMES: tuple[str, ...] = ("LLL", "LLH", "LHL", "LHH", "HLL", "HLH", "HHL", "HHH")
@@ -360,40 +364,45 @@ def _check_triton_device(t: torch.Tensor, fn: str) -> None:
                            "TRITON_INTERPRET=1 before importing triton to run the kernel in the interpreter")
 
 
-def _dwt_launch(x: torch.Tensor, replicate: bool) -> torch.Tensor:
-    """Forward-DWT kernel on a validated 5-D tensor; `replicate` picks the odd-edge rule."""
-    x = x.contiguous()
+def plan_dwt(x: torch.Tensor, replicate: bool) -> tuple[Launch | None, torch.Tensor]:
+    """The forward-DWT launch (None for an empty output) and its output, for a contiguous 5-D `x`
+    (meta tensors work: the compile check builds the launch this way); `replicate` picks the
+    odd-edge rule."""
     B, C, X, Y, Z = x.shape
     X2, Y2, Z2 = _half(X), _half(Y), _half(Z)
     y = torch.empty((B, 8 * C, X2, Y2, Z2), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
-        return y
+        return None, y
     block, num_warps = _launch_config(Y2 * Z2)
     n_pblocks = triton.cdiv(Y2 * Z2, block)
-    grid = (n_pblocks * X2 * B * C,)
-    with torch.cuda.device_of(x):  # launch on x's GPU, not the current one (no-op on CPU)
-        _haar_dwt3d_kernel[grid](x, y, C, X, Y, Z, X2, Y2, Z2, C * X2 * Y2 * Z2, n_pblocks,
-                                 REPLICATE=replicate, F64=x.dtype == torch.float64, BLOCK=block,
-                                 num_warps=num_warps)
-    return y
+    return Launch(_haar_dwt3d_kernel, (n_pblocks * X2 * B * C,),
+                  (x, y, C, X, Y, Z, X2, Y2, Z2, C * X2 * Y2 * Z2, n_pblocks),
+                  {"REPLICATE": replicate, "F64": x.dtype == torch.float64, "BLOCK": block},
+                  num_warps), y
 
 
-def _idwt_launch(y: torch.Tensor, spatial: tuple[int, int, int], fold: bool) -> torch.Tensor:
-    """Inverse-DWT kernel on a validated 5-D tensor into `spatial`; `fold` picks the odd-edge rule."""
-    y = y.contiguous()
+def plan_idwt(y: torch.Tensor, spatial: tuple[int, int, int], fold: bool) -> tuple[Launch | None, torch.Tensor]:
+    """The inverse-DWT launch (None for an empty output) and its output of size `spatial`, for a
+    contiguous 5-D `y`; `fold` picks the odd-edge rule."""
     B, C8, X2, Y2, Z2 = y.shape
     C = C8 // 8
     X, Y, Z = spatial
     x = torch.empty((B, C, X, Y, Z), dtype=y.dtype, device=y.device)
     if x.numel() == 0:
-        return x
+        return None, x
     block, num_warps = _launch_config(Y2 * Z2)
     n_pblocks = triton.cdiv(Y2 * Z2, block)
-    grid = (n_pblocks * X2 * B * C,)
-    with torch.cuda.device_of(y):
-        _haar_idwt3d_kernel[grid](y, x, C, X, Y, Z, X2, Y2, Z2, C * X2 * Y2 * Z2, n_pblocks, FOLD=fold,
-                                  F64=y.dtype == torch.float64, BLOCK=block, num_warps=num_warps)
-    return x
+    return Launch(_haar_idwt3d_kernel, (n_pblocks * X2 * B * C,),
+                  (y, x, C, X, Y, Z, X2, Y2, Z2, C * X2 * Y2 * Z2, n_pblocks),
+                  {"FOLD": fold, "F64": y.dtype == torch.float64, "BLOCK": block}, num_warps), x
+
+
+def _run(plan: tuple[Launch | None, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    launch, out = plan
+    if launch is not None:
+        with torch.cuda.device_of(t):  # launch on t's GPU, not the current one (no-op on CPU)
+            launch()
+    return out
 
 
 class _HaarTransform3d(torch.autograd.Function):
@@ -404,7 +413,8 @@ class _HaarTransform3d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: torch.Tensor, inverse: bool, edge: bool, spatial: tuple[int, int, int]) -> torch.Tensor:
         ctx.inverse, ctx.edge, ctx.spatial = inverse, edge, spatial
-        return _idwt_launch(t, spatial, fold=edge) if inverse else _dwt_launch(t, replicate=edge)
+        t = t.contiguous()
+        return _run(plan_idwt(t, spatial, fold=edge) if inverse else plan_dwt(t, replicate=edge), t)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]

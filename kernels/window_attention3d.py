@@ -33,16 +33,23 @@ Triton implementation (flash-attention-2 style, fp32 accumulation; fp32/fp16/bf1
     partials gives (heads, N, N). When the window fits in one key block (N <= BLOCK_N, e.g. 4x4x4)
     this is fused into the dq kernel; otherwise a dedicated kernel recomputes dS per
     (query block, key block) tile. No atomics anywhere: results are bitwise reproducible.
-  * fp32 inputs use IEEE fp32 dots unless ``torch.backends.cuda.matmul.allow_tf32`` is set.
+  * fp32 inputs use TF32 tensor-core dots by default (fp32 accumulation; ~1e-3 relative error, as
+    cuBLAS/cuDNN with TF32); ``precision="ieee"`` (or $BSYNTH_ATTENTION_FP32=ieee) selects exact fp32
+    FMA dots with smaller tiles. 16-bit inputs always multiply on tensor cores.
   * head_dim 1..256 (padded to a power of two >= 16 inside the kernel with masked lanes).
-  * Hopper/Ampere launch choice (see `_launch_config`): BLOCK_M = BLOCK_N = min(64, next_pow2(N)),
-    forward 4 warps, backward 4 warps (8 for head_dim > 64), 2 pipeline stages; for the 4x4x4
-    DiT-3D window this is one 64x64 tile per window and head.
+  * Launch decisions (`plan_attention`, fixed rules): 64x64 forward/dq tiles and 64x32 dk/dv tiles
+    with 4 warps for tensor-core dots (8 for head_dim > 64), small tiles for "ieee"; a kernel whose
+    grid would have fewer than 3 programs per SM gets its tile split (query rows for forward/dq, key
+    rows for dk/dv), then fp32 tiles are fitted to the registers (`_fit_registers`).
+    ``benchmarks/kernels_compile.py`` compiles exactly these launches for sm_90 and sm_80 without a
+    GPU and reports registers, spills, shared memory and occupancy.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -55,16 +62,26 @@ except Exception:  # pragma: no cover - platform without triton
     triton = None
     tl = None
 
+from .launch import Launch, device_arch, device_sm_count
+
 __all__ = [
     "window_attention3d_reference",
     "window_attention3d_triton",
     "window_attention3d_mask",
     "as_int3",
+    "AttentionPlan",
+    "Tile",
+    "fp32_precision",
+    "plan_attention",
+    "PRECISION_ENV",
 ]
 
 Int3 = tuple[int, int, int]
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
+PRECISION_ENV = "BSYNTH_ATTENTION_FP32"
+_PRECISIONS = ("tf32", "ieee")
+_MIN_WAVES = 3  # split tiles until the grid has this many programs per SM (see `_split_for_occupancy`)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +328,9 @@ if triton is not None:
     @triton.jit
     def _mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
         """a @ b with fp32 accumulation. UPCAST multiplies fp32 copies; it is set only for bf16 under
-        the Triton interpreter, which multiplies bf16 storage bits as integers (GPU code unaffected)."""
+        the Triton interpreter, whose dot multiplies bf16 storage bits as integers (triton 3.9); the
+        products of bf16 values are exact in fp32, so the result equals the GPU's bf16 dot up to the
+        summation order. The tests run the UPCAST=False path too, with the interpreter's dot fixed."""
         if UPCAST:
             return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
         else:
@@ -572,26 +591,124 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _launch_config(n_tokens: int, head_dim: int, block_m: int | None, block_n: int | None) -> dict[str, int]:
-    """Tile sizes and warps (fixed, not autotuned). One 64x64 tile covers a 4x4x4 window; on
-    Hopper/Ampere 64x64 fp32 score tiles with 4 warps (one warpgroup: wgmma needs M = 64) and 8
-    warps in backward for head_dim > 64 (more accumulators live) stay clear of register spills;
-    2 stages suffice because a window is a loop of one or a few key blocks."""
-    bm = block_m or min(64, max(16, _next_pow2(n_tokens)))
-    bn = block_n or min(64, max(16, _next_pow2(n_tokens)))
-    for name, val in (("block_m", bm), ("block_n", bn)):
-        if val < 16 or val & (val - 1):
+@dataclass(frozen=True)
+class Tile:
+    """Tile of one kernel: query rows ``block_m``, key rows ``block_n``, warps and pipeline stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int = 2
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """Every launch decision of one call: head-dim padding, dot precision and each kernel's tile."""
+
+    block_d: int
+    prec: str          # tl.dot input_precision: "tf32" (tensor cores; ignored for 16-bit inputs) or "ieee"
+    upcast: bool       # bf16 under the interpreter: multiply fp32 copies (see `_mm`)
+    fwd: Tile
+    dq: Tile
+    dkdv: Tile
+    dbias: Tile
+
+
+def fp32_precision(precision: str | None = None) -> str:
+    """Dot precision for fp32 inputs: `precision`, else $BSYNTH_ATTENTION_FP32, else "tf32".
+
+    "tf32" runs tensor-core dots on fp32 data (10-bit mantissa products, fp32 accumulation; relative
+    error ~1e-3, like cuDNN/cuBLAS with TF32); "ieee" is exact fp32 FMA arithmetic with smaller tiles.
+    """
+    value = precision if precision is not None else os.environ.get(PRECISION_ENV, "tf32")
+    if value not in _PRECISIONS:
+        raise ValueError(f"window_attention3d: fp32 precision must be one of {_PRECISIONS}, got {value!r} "
+                         f"(argument precision= or ${PRECISION_ENV})")
+    return value
+
+
+def _mma_tiles(base: int, block_d: int) -> tuple[Tile, Tile, Tile]:
+    """(fwd, dq, dkdv) tiles for tensor-core dots, before the occupancy split. One 64x64 forward/dq tile
+    covers a 4x4x4 window with 4 warps (one warpgroup: Hopper's wgmma needs M = 64); dk/dv keeps 32 key
+    rows (its dk, dv accumulators, K and V live across the query loop) and loops over 64 queries;
+    head_dim > 64 doubles the accumulators and takes 8 warps."""
+    warps = 4 if block_d <= 64 else 8
+    return Tile(base, base, warps), Tile(base, base, warps), Tile(base, min(base, 32), warps)
+
+
+def _ieee_tiles(base: int, block_d: int) -> tuple[Tile, Tile, Tile]:
+    """(fwd, dq, dkdv) tiles for exact fp32 FMA dots, whose operands are replicated across the
+    threads that share an output row/column: small score tiles keep them in registers. dk/dv keeps
+    16 key rows and loops over the window's queries in blocks of 64."""
+    small = min(base, 16)
+    warps = 4 if block_d <= 64 else 8
+    # dq with 4 warps spills a few bytes at ~100 registers (ptxas, sm_80 and the tiny config on sm_90); 2 do not
+    return (Tile(small, min(base, 32), warps), Tile(small, min(base, 32), max(2, warps // 2)),
+            Tile(min(base, 64), small, warps))
+
+
+def _split_for_occupancy(tile: Tile, rows: str, blocks: int, sm_count: int | None) -> Tile:
+    """Halve the tile's parallel rows (query rows for fwd/dq, key rows for dkdv) down to 16 while the
+    grid (`blocks` programs at the planned tile) is under `_MIN_WAVES` programs per SM: at DiT-3D's
+    batch 2 one 64-row tile per window and head is 240 programs, under two per SM of an H100."""
+    if sm_count is None:
+        return tile
+    size = getattr(tile, rows)
+    while size > 16 and blocks < _MIN_WAVES * sm_count:
+        size //= 2
+        blocks *= 2
+    return replace(tile, **{rows: size})
+
+
+def _fit_registers(fwd: Tile, dq: Tile, wide: bool, arch: int | None) -> tuple[Tile, Tile]:
+    """Register fit after the split, for fp32 (tf32) operands, which take twice the registers of
+    16-bit ones (measured with benchmarks/kernels_compile.py): the forward on Ampere (mma.sync keeps
+    the accumulators in registers) takes 8 warps (4 warps: 255 registers at 64 rows, a few spilled
+    bytes at 32), and a
+    32-row dq tile takes 32 key columns (32x64: ~240 registers, 32x32: ~140)."""
+    if not wide:
+        return fwd, dq
+    if arch is not None and arch < 90 and fwd.num_warps < 8:
+        fwd = replace(fwd, num_warps=8)
+    if dq.block_m <= 32:
+        dq = replace(dq, block_n=min(dq.block_n, dq.block_m))
+    return fwd, dq
+
+
+def plan_attention(n_tokens: int, head_dim: int, dtype: torch.dtype, *, num_windows: int, batch_heads: int,
+                   arch: int | None = None, sm_count: int | None = None, precision: str | None = None,
+                   interpreter: bool = False, block_m: int | None = None, block_n: int | None = None
+                   ) -> AttentionPlan:
+    """All launch decisions for windows of `n_tokens` tokens (fixed rules, not autotuned).
+
+    `arch` (e.g. 90, 80) and `sm_count` describe the GPU (None: the CPU interpreter, no split);
+    `block_m`/`block_n` override every kernel's tile rows (powers of two >= 16, for tests and tuning).
+    Used by the launches below and by the ahead-of-time compile check, so both see the same tiles.
+    """
+    for name, val in (("block_m", block_m), ("block_n", block_n)):
+        if val is not None and (val < 16 or val & (val - 1)):
             raise ValueError(f"window_attention3d: {name} must be a power of two >= 16, got {val}")
     block_d = max(16, _next_pow2(head_dim))
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": block_d,
-            "fwd_warps": 4 if block_d <= 128 else 8, "bwd_warps": 4 if block_d <= 64 else 8, "stages": 2}
-
-
-def _dot_flags(q: torch.Tensor) -> dict[str, object]:
-    """PREC: IEEE fp32 dots for fp32 inputs unless TF32 matmuls are allowed (as torch.matmul does).
-    UPCAST: bf16 under the Triton interpreter (CPU tensors), see `_mm`."""
-    prec = "ieee" if q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
-    return {"PREC": prec, "UPCAST": q.dtype == torch.bfloat16 and not q.is_cuda}
+    base = min(64, max(16, _next_pow2(n_tokens)))
+    prec = fp32_precision(precision) if dtype == torch.float32 else "tf32"
+    per_row_block = num_windows * batch_heads
+    if prec == "ieee":
+        fwd, dq, dkdv = _ieee_tiles(base, block_d)
+    else:
+        fwd, dq, dkdv = _mma_tiles(base, block_d)
+    fwd = _split_for_occupancy(fwd, "block_m", per_row_block * -(-n_tokens // fwd.block_m), sm_count)
+    dq = _split_for_occupancy(dq, "block_m", per_row_block * -(-n_tokens // dq.block_m), sm_count)
+    dkdv = _split_for_occupancy(dkdv, "block_n", per_row_block * -(-n_tokens // dkdv.block_n), sm_count)
+    if prec != "ieee":
+        fwd, dq = _fit_registers(fwd, dq, dtype == torch.float32, arch)
+    if block_m is not None or block_n is not None:
+        fwd, dq, dkdv = (replace(t, block_m=block_m or t.block_m, block_n=block_n or t.block_n)
+                         for t in (fwd, dq, dkdv))
+    # the d(bias) kernel (when dq cannot fuse it) works on the dq tiles; with FMA dots it holds q, dO, K
+    # and V of a tile at once and takes 16x16 tiles (16x32: 255 registers and spills on sm_80)
+    dbias = replace(dq, block_n=min(dq.block_n, 16), num_warps=4) if prec == "ieee" else dq
+    return AttentionPlan(block_d=block_d, prec=prec, upcast=interpreter and dtype == torch.bfloat16,
+                         fwd=fwd, dq=dq, dkdv=dkdv, dbias=dbias)
 
 
 def _window_group(num_windows: int, programs_per_window: int, batch_heads: int) -> int:
@@ -620,6 +737,17 @@ class _Geometry:
         return {"WX": wx, "WY": wy, "WZ": wz, "SX": sx, "SY": sy, "SZ": sz, "HEAD_DIM": self.D}
 
 
+def plan_for(q: torch.Tensor, geo: _Geometry, precision: str | None = None, block_m: int | None = None,
+             block_n: int | None = None, arch: int | None = None, sm_count: int | None = None) -> AttentionPlan:
+    """`plan_attention` for q's device (`arch`/`sm_count` override it: the compile check's targets)."""
+    on_gpu = q.is_cuda
+    return plan_attention(geo.N, geo.D, q.dtype, num_windows=geo.NW, batch_heads=geo.B * geo.H,
+                          arch=arch if arch is not None else device_arch(q),
+                          sm_count=sm_count if sm_count is not None else device_sm_count(q),
+                          precision=precision, interpreter=not on_gpu and q.device.type != "meta",
+                          block_m=block_m, block_n=block_n)
+
+
 def _device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """Triton launches on the current CUDA device: make it the tensors' device."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
@@ -637,88 +765,112 @@ def _prepare_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[tor
     return q.contiguous(), k.contiguous(), v.contiguous()
 
 
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, geo: _Geometry,
-             scale: float, cfg: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _tile_constexprs(plan: AttentionPlan, tile: Tile) -> dict[str, object]:
+    return {"BLOCK_D": plan.block_d, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n,
+            "PREC": plan.prec, "UPCAST": plan.upcast}
+
+
+def plan_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, geo: _Geometry,
+                 scale: float, plan: AttentionPlan) -> tuple[Launch, torch.Tensor, torch.Tensor]:
+    """The forward launch and its outputs (o, base-2 lse), allocated on q's device (meta works)."""
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)          # contiguous
     lse = torch.empty((geo.B * geo.H, geo.X * geo.Y * geo.Z), dtype=torch.float32, device=q.device)
-    num_qb = triton.cdiv(geo.N, cfg["BLOCK_M"])
-    grid = (geo.NW * num_qb, geo.B * geo.H)
-    _wa3d_fwd_kernel[grid](
-        q, k, v, bias if bias is not None else q, o, lse, scale,
-        *_strides5(q), *_strides5(o), *geo.scalars(), **geo.constexprs(),
-        BLOCK_D=cfg["BLOCK_D"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        HAS_BIAS=bias is not None, **_dot_flags(q),
-        num_warps=cfg["fwd_warps"], num_stages=cfg["stages"])
-    return o, lse
+    t = plan.fwd
+    launch = Launch(_wa3d_fwd_kernel, (geo.NW * -(-geo.N // t.block_m), geo.B * geo.H),
+                    (q, k, v, bias if bias is not None else q, o, lse, scale,
+                     *_strides5(q), *_strides5(o), *geo.scalars()),
+                    {**geo.constexprs(), **_tile_constexprs(plan, t), "HAS_BIAS": bias is not None},
+                    t.num_warps, t.num_stages)
+    return launch, o, lse
 
 
-def _backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-              o: torch.Tensor, lse: torch.Tensor, geo: _Geometry, scale: float, cfg: dict[str, int],
-              need_dbias: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    do = do.contiguous()                        # same (contiguous) strides as o, dq, dk, dv
+@dataclass
+class _Backward:
+    """The backward launches of one call and the buffers they write."""
+
+    launches: list[Launch]
+    dq: torch.Tensor
+    dk: torch.Tensor
+    dv: torch.Tensor
+    part: torch.Tensor | None      # (B*H, groups, N, N) fp32 d(bias) partials
+
+
+def plan_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                  o: torch.Tensor, lse: torch.Tensor, geo: _Geometry, scale: float, plan: AttentionPlan,
+                  need_dbias: bool) -> _Backward:
+    """dq (+ delta, + fused d(bias)), dk/dv and, when the window spans several key blocks of the dq
+    tile, the d(bias) kernel; `do` must be contiguous (same strides as o, dq, dk, dv)."""
     dq, dk, dv = torch.empty_like(o), torch.empty_like(o), torch.empty_like(o)
     delta = torch.empty_like(lse)
-    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    num_qb, num_kb = triton.cdiv(geo.N, bm), triton.cdiv(geo.N, bn)
     bh = geo.B * geo.H
-    common = dict(BLOCK_D=cfg["BLOCK_D"], BLOCK_M=bm, BLOCK_N=bn, **_dot_flags(q),
-                  num_warps=cfg["bwd_warps"], num_stages=cfg["stages"])
-    bias_arg = bias if bias is not None else q
-    fuse = need_dbias and num_kb == 1
-    group = _window_group(geo.NW, num_qb if fuse else num_qb * num_kb, bh) if need_dbias else 1
-    num_groups = triton.cdiv(geo.NW, group)
+    tq, tk, tb = plan.dq, plan.dkdv, plan.dbias
+    num_qb = -(-geo.N // tq.block_m)
+    fuse = need_dbias and geo.N <= tq.block_n
+    tiles_b = -(-geo.N // tb.block_m) * -(-geo.N // tb.block_n)
+    group = _window_group(geo.NW, num_qb if fuse else tiles_b, bh) if need_dbias else 1
+    num_groups = -(-geo.NW // group)
     part = torch.empty((bh, num_groups, geo.N, geo.N), dtype=torch.float32, device=q.device) if need_dbias else None
     strides = (*_strides5(q), *_strides5(o))
-
-    # 1) dq (+ delta, + fused d(bias) partials)
-    _wa3d_bwd_dq_kernel[(num_groups * num_qb, bh)](
-        q, k, v, bias_arg, o, do, dq, lse, delta, part if fuse else lse, scale,
-        *strides, *geo.scalars(), geo.NW, group, num_groups, **geo.constexprs(),
-        HAS_BIAS=bias is not None, FUSE_DBIAS=fuse, **common)
-    # 2) dk, dv (reads delta written by 1)
-    _wa3d_bwd_dkdv_kernel[(geo.NW * num_kb, bh)](
-        q, k, v, bias_arg, do, dk, dv, lse, delta, scale,
-        *strides, *geo.scalars(), **geo.constexprs(), HAS_BIAS=bias is not None, **common)
-    # 3) d(bias) partials when the window spans several key blocks
-    if need_dbias and not fuse:
-        _wa3d_bwd_dbias_kernel[(num_groups * num_qb * num_kb, bh)](
-            q, k, v, bias, do, lse, delta, part, scale,
-            *strides, *geo.scalars(), geo.NW, group, num_groups, **geo.constexprs(), **common)
-    dbias = None
-    if need_dbias:
-        assert part is not None and bias is not None
-        dbias = part.view(geo.B, geo.H, num_groups, geo.N, geo.N).sum(dim=(0, 2)).to(bias.dtype)
-    return dq, dk, dv, dbias
+    bias_arg = bias if bias is not None else q
+    has_bias = {"HAS_BIAS": bias is not None}
+    launches = [
+        # 1) dq (+ delta, + fused d(bias) partials)
+        Launch(_wa3d_bwd_dq_kernel, (num_groups * num_qb, bh),
+               (q, k, v, bias_arg, o, do, dq, lse, delta, part if fuse else lse, scale,
+                *strides, *geo.scalars(), geo.NW, group, num_groups),
+               {**geo.constexprs(), **_tile_constexprs(plan, tq), **has_bias, "FUSE_DBIAS": fuse},
+               tq.num_warps, tq.num_stages),
+        # 2) dk, dv (reads delta written by 1)
+        Launch(_wa3d_bwd_dkdv_kernel, (geo.NW * -(-geo.N // tk.block_n), bh),
+               (q, k, v, bias_arg, do, dk, dv, lse, delta, scale, *strides, *geo.scalars()),
+               {**geo.constexprs(), **_tile_constexprs(plan, tk), **has_bias}, tk.num_warps, tk.num_stages),
+    ]
+    if need_dbias and not fuse:  # 3) d(bias) partials per (query block, key block) tile
+        launches.append(Launch(_wa3d_bwd_dbias_kernel, (num_groups * tiles_b, bh),
+                               (q, k, v, bias, do, lse, delta, part, scale,
+                                *strides, *geo.scalars(), geo.NW, group, num_groups),
+                               {**geo.constexprs(), **_tile_constexprs(plan, tb)}, tb.num_warps, tb.num_stages))
+    return _Backward(launches, dq, dk, dv, part)
 
 
 class _WindowAttention3dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                window: Int3, shift: Int3, scale: float, cfg: dict[str, int]) -> torch.Tensor:
+                window: Int3, shift: Int3, scale: float, options: dict[str, object]) -> torch.Tensor:
         qc, kc, vc = _prepare_qkv(q, k, v)
         bias_c = bias.contiguous() if bias is not None else None
         geo = _Geometry(qc, window, shift)
+        plan = plan_for(qc, geo, **options)
+        launch, o, lse = plan_forward(qc, kc, vc, bias_c, geo, scale, plan)
         with _device_guard(qc):
-            o, lse = _forward(qc, kc, vc, bias_c, geo, scale, cfg)
+            launch()
         ctx.save_for_backward(qc, kc, vc, bias_c, o, lse)
-        ctx.geo, ctx.scale, ctx.cfg = geo, scale, cfg
+        ctx.geo, ctx.scale, ctx.plan = geo, scale, plan
         return o
 
     @staticmethod
     def backward(ctx, do: torch.Tensor):  # type: ignore[override]
         q, k, v, bias, o, lse = ctx.saved_tensors
+        geo = ctx.geo
         need_dbias = bias is not None and ctx.needs_input_grad[3]
+        bwd = plan_backward(do.contiguous(), q, k, v, bias, o, lse, geo, ctx.scale, ctx.plan, need_dbias)
         with _device_guard(q):
-            dq, dk, dv, dbias = _backward(do, q, k, v, bias, o, lse, ctx.geo, ctx.scale, ctx.cfg, need_dbias)
-        return dq, dk, dv, dbias, None, None, None, None
+            for launch in bwd.launches:
+                launch()
+        dbias = None
+        if need_dbias:
+            assert bwd.part is not None and bias is not None
+            dbias = bwd.part.view(geo.B, geo.H, -1, geo.N, geo.N).sum(dim=(0, 2)).to(bias.dtype)
+        return bwd.dq, bwd.dk, bwd.dv, dbias, None, None, None, None
 
 
 def window_attention3d_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: Sequence[int],
                               shift_size: Sequence[int] = (0, 0, 0), rel_pos_bias: torch.Tensor | None = None,
                               scale: float | None = None, *, block_m: int | None = None,
-                              block_n: int | None = None) -> torch.Tensor:
+                              block_n: int | None = None, precision: str | None = None) -> torch.Tensor:
     """Triton window attention (same contract as `window_attention3d_reference`), differentiable in
-    q, k, v and rel_pos_bias. `block_m`/`block_n` override the tile sizes (powers of two >= 16)."""
+    q, k, v and rel_pos_bias. `block_m`/`block_n` override the tile sizes (powers of two >= 16);
+    `precision` ("tf32" or "ieee", see `fp32_precision`) applies to fp32 inputs."""
     if triton is None:  # pragma: no cover
         raise RuntimeError("window_attention3d_triton: triton is not installed; use window_attention3d_reference")
     window, shift = _check_inputs(q, k, v, window_size, shift_size, rel_pos_bias)
@@ -727,8 +879,12 @@ def window_attention3d_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         "use window_attention3d_reference for float64")
     if q.shape[-1] > _MAX_HEAD_DIM:
         raise ValueError(f"window_attention3d_triton: head_dim {q.shape[-1]} > {_MAX_HEAD_DIM} is not supported")
+    n_tokens = window[0] * window[1] * window[2]
+    # validate the options before any work (also for empty inputs)
+    plan_attention(n_tokens, q.shape[-1], q.dtype, num_windows=1, batch_heads=1, precision=precision,
+                   block_m=block_m, block_n=block_n)
     if q.numel() == 0:
         return window_attention3d_reference(q, k, v, window, shift, rel_pos_bias, scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    cfg = _launch_config(window[0] * window[1] * window[2], q.shape[-1], block_m, block_n)
-    return _WindowAttention3dFunction.apply(q, k, v, rel_pos_bias, window, shift, scale, cfg)
+    options = {"precision": precision, "block_m": block_m, "block_n": block_n}
+    return _WindowAttention3dFunction.apply(q, k, v, rel_pos_bias, window, shift, scale, options)

@@ -9,7 +9,9 @@ interpreter on CPU (tests/conftest.py), so shapes are tiny; BSYNTH_TEST_GPU=1 ru
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,7 +154,7 @@ def test_triton_matches_reference_fp32(case, monkeypatch):
     if group is not None:
         monkeypatch.setattr(wa, "_window_group", lambda *args: group)
     q, k, v, bias = make_inputs(batch, heads, grid, head_dim, window, torch.float32, with_bias)
-    out = window_attention3d_triton(q, k, v, window, shift, bias, block_m=block, block_n=block)
+    out = window_attention3d_triton(q, k, v, window, shift, bias, block_m=block, block_n=block, precision="ieee")
     ref = window_attention3d_reference(q, k, v, window, shift, bias)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     got = grads(out, (q, k, v, bias))
@@ -177,6 +179,127 @@ def test_triton_low_precision(dtype, out_tol, grad_tol):
     for name, a, b in zip("q k v bias".split(), got, want):
         assert a.dtype == (torch.float32 if name == "bias" else dtype)
         assert max_rel(a, b) < grad_tol, name
+
+
+# ------------------------------------------------------------------------------------------------
+# the dots exactly as the GPU compiles them (bf16 tl.dot without UPCAST, tf32 rounding)
+# ------------------------------------------------------------------------------------------------
+def _round_tf32(a: np.ndarray) -> np.ndarray:
+    """fp32 -> the nearest value with a 10-bit mantissa (round half to even), kept as fp32."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    bits = (bits + np.uint32(0x0FFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    return bits.view(np.float32)
+
+
+@pytest.fixture
+def gpu_dots(monkeypatch):
+    """The Triton interpreter's dot (triton 3.9) multiplies bf16 *storage bits* as integers and ignores
+    input_precision. Patch it to do what the tensor cores do: bf16 operands are decoded to their exact
+    fp32 values, tf32 operands of fp32 dots are rounded to 10 mantissa bits; fp32 accumulation."""
+    if DEVICE != "cpu":
+        pytest.skip("interpreter-only: on a GPU the real dots run")
+    interp = pytest.importorskip("triton.runtime.interpreter")
+    from triton._C.libtriton import ir
+    import triton.language as tl
+
+    def operand(h, precision):
+        data = h.data
+        if h.dtype == tl.bfloat16:
+            return (data.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        if h.dtype == tl.float32 and precision == ir.INPUT_PRECISION.TF32:
+            return _round_tf32(data)
+        return data
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        prod = np.matmul(operand(a, input_precision), operand(b, input_precision), dtype=d.data.dtype)
+        return interp.TensorHandle(prod + d.data, d.dtype.scalar)
+
+    monkeypatch.setattr(interp.InterpreterBuilder, "create_dot", create_dot)
+
+
+def test_interpreter_bf16_dot_is_wrong_without_the_patch():
+    """Why UPCAST exists: the unpatched interpreter's bf16 dot is garbage (if this starts failing, triton
+    fixed it and UPCAST can go)."""
+    if DEVICE != "cpu":
+        pytest.skip("interpreter-only")
+    q, k, v, _ = make_inputs(1, 1, (2, 2, 4), 16, (2, 2, 4), torch.bfloat16, False)
+    plan = wa.plan_attention(16, 16, torch.bfloat16, num_windows=1, batch_heads=1, interpreter=True)
+    assert plan.upcast
+    with torch.no_grad():
+        good = window_attention3d_triton(q, k, v, (2, 2, 4))
+    raw = replace(plan, upcast=False)
+    geo = wa._Geometry(q, (2, 2, 4), (0, 0, 0))
+    launch, o, _ = wa.plan_forward(q.detach(), k.detach(), v.detach(), None, geo, 0.25, raw)
+    launch()
+    assert max_rel(o, good) > 0.1
+
+
+@pytest.mark.parametrize("case", TRITON_CASES[1:3], ids=[c[0] for c in TRITON_CASES[1:3]])
+def test_triton_bf16_gpu_dot_path(case, gpu_dots, monkeypatch):
+    """bf16 through `tl.dot(bf16, bf16)` (UPCAST=False, the code the GPU compiles), forward and all
+    gradients: equal to the UPCAST path (bf16 products are exact in fp32) and close to the fp32
+    reference on the same rounded inputs."""
+    _, batch, heads, grid, head_dim, window, shift, with_bias, block, group = case
+    q, k, v, bias = make_inputs(batch, heads, grid, head_dim, window, torch.bfloat16, with_bias)
+    upcast = window_attention3d_triton(q, k, v, window, shift, bias)
+    g_upcast = grads(upcast, (q, k, v, bias))
+    real_plan = wa.plan_attention
+    monkeypatch.setattr(wa, "plan_attention", lambda *a, **kw: replace(real_plan(*a, **kw), upcast=False))
+    out = window_attention3d_triton(q, k, v, window, shift, bias)
+    g_out = grads(out, (q, k, v, bias))
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = window_attention3d_reference(q32, k32, v32, window, shift, bias)
+    g_ref = grads(ref, (q32, k32, v32, bias))
+    assert max_rel(out, upcast) < 1e-2 and max_rel(out, ref) < 2e-2
+    for name, a, b, r in zip("q k v bias".split(), g_out, g_upcast, g_ref):
+        assert max_rel(a, b) < 2e-2 and max_rel(a, r) < 3e-2, name
+
+
+def test_triton_fp32_tf32_default(gpu_dots):
+    """fp32 inputs run TF32 dots by default (operands rounded to 10 mantissa bits): the error against
+    the fp64 brute force is that of TF32 (well above fp32's, below 5e-3), and precision="ieee" is
+    exact to fp32 again."""
+    grid, window, shift = (5, 6, 3), (2, 4, 2), (1, 2, 1)
+    q, k, v, bias = make_inputs(1, 2, grid, 16, window, torch.float32, True)
+    want = brute_force_attention(q, k, v, window, shift, bias)
+    tf32 = window_attention3d_triton(q, k, v, window, shift, bias)
+    exact = window_attention3d_triton(q, k, v, window, shift, bias, precision="ieee")
+    assert 1e-5 < max_rel(tf32, want) < 5e-3
+    assert max_rel(exact, want) < 1e-5
+    gt, ge = grads(tf32, (q, k, v, bias)), grads(exact, (q, k, v, bias))
+    for name, a, b in zip("q k v bias".split(), gt, ge):
+        assert max_rel(a, b) < 1e-2, name
+
+
+def test_fp32_precision_switch(monkeypatch):
+    monkeypatch.delenv(wa.PRECISION_ENV, raising=False)
+    assert wa.fp32_precision() == "tf32"
+    monkeypatch.setenv(wa.PRECISION_ENV, "ieee")
+    assert wa.fp32_precision() == "ieee" and wa.fp32_precision("tf32") == "tf32"
+    plan = wa.plan_attention(64, 64, torch.float32, num_windows=20, batch_heads=12)
+    assert plan.prec == "ieee" and plan.fwd.block_m <= 16      # exact mode: small tiles
+    assert wa.plan_attention(64, 64, torch.bfloat16, num_windows=20, batch_heads=12).prec == "tf32"
+    with pytest.raises(ValueError, match="precision"):
+        wa.fp32_precision("fp64")
+    with pytest.raises(ValueError, match="precision"):
+        window_attention3d_triton(*make_inputs(1, 1, (2, 2, 2), 16, (2, 2, 2), bias=False)[:3], (2, 2, 2),
+                                  precision="half")
+
+
+@pytest.mark.parametrize("batch,arch,sms", [(2, 90, 132), (2, 80, 108), (4, 90, 132)])
+def test_plan_fills_the_gpu_at_dit3d_shapes(batch, arch, sms):
+    """DiT-3D: 7x17x7 tokens, window 4x4x4 (20 windows), 6 heads. Every kernel's grid has at least
+    3 programs per SM, and the planned launch's grid is the one the kernel gets."""
+    for dtype in (torch.float32, torch.bfloat16):
+        plan = wa.plan_attention(64, 64, dtype, num_windows=20, batch_heads=batch * 6, arch=arch, sm_count=sms)
+        for tile, rows in ((plan.fwd, plan.fwd.block_m), (plan.dq, plan.dq.block_m), (plan.dkdv, plan.dkdv.block_n)):
+            assert 20 * batch * 6 * (64 // rows) >= 3 * sms, (dtype, tile)
+        q = torch.empty(batch, 6, 7, 17, 7, 64, dtype=dtype, device="meta")
+        geo = wa._Geometry(q, (4, 4, 4), (2, 2, 2))
+        launch, o, lse = wa.plan_forward(q, q, q, None, geo, 0.125, plan)
+        assert launch.grid == (20 * (64 // plan.fwd.block_m), batch * 6)
+        assert launch.constexprs["BLOCK_M"] == plan.fwd.block_m and launch.num_warps == plan.fwd.num_warps
+        assert launch.constexprs["PREC"] == "tf32" and not launch.constexprs["UPCAST"]
 
 
 def test_triton_windows_are_local():
@@ -324,16 +447,16 @@ def test_empty_inputs(fn, shape):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_gpu_dit3d_shape_and_determinism(dtype):
+@pytest.mark.parametrize("dtype,precision,tol", [(torch.bfloat16, None, 2e-2), (torch.float32, "tf32", 5e-3),
+                                                 (torch.float32, "ieee", 1e-4)])
+def test_gpu_dit3d_shape_and_determinism(dtype, precision, tol):
     q, k, v, bias = make_inputs(2, 6, (7, 17, 7), 64, (4, 4, 4), dtype, True)
-    outs = [window_attention3d_triton(q, k, v, (4, 4, 4), (2, 2, 2), bias) for _ in range(2)]
+    outs = [window_attention3d_triton(q, k, v, (4, 4, 4), (2, 2, 2), bias, precision=precision) for _ in range(2)]
     gs = [grads(o, (q, k, v, bias)) for o in outs]
     assert torch.equal(outs[0], outs[1])
     assert all(torch.equal(a, b) for a, b in zip(*gs))      # no atomics: bitwise reproducible
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
     ref = window_attention3d_reference(q32, k32, v32, (4, 4, 4), (2, 2, 2), bias)
-    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
     assert max_rel(outs[0], ref) < tol
     for a, b in zip(gs[0], grads(ref, (q32, k32, v32, bias))):
         assert max_rel(a, b) < 2 * tol

@@ -174,11 +174,17 @@ def _triton_unavailable_reason(device: str) -> str | None:
     return None
 
 
-def run(device: str, quick: bool) -> dict[str, Any]:
-    """Benchmark every case x dtype on `device`; `quick` uses small shapes and few iterations."""
+def run(device: str, quick: bool, checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Benchmark every case x dtype on `device`; `quick` uses small shapes and few iterations; `checkpoint` gets
+    the finished cases after each one (a killed run keeps them)."""
     triton_reason = _triton_unavailable_reason(device)
     cases = QUICK_CASES if quick else FULL_CASES
-    results = [_bench_case(case, name, device, quick, triton_reason) for case in cases for name in DTYPES]
+    results: list[dict[str, Any]] = []
+    for case in cases:
+        for name in DTYPES:
+            results.append(_bench_case(case, name, device, quick, triton_reason))
+            if checkpoint is not None:
+                checkpoint({"op": "group_norm_silu", "quick": quick, "cases": results})
     return {
         "op": "group_norm_silu",
         "quick": quick,

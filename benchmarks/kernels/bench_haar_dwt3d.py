@@ -155,8 +155,9 @@ def _bench_case(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     return case
 
 
-def run(device: str, quick: bool) -> dict[str, Any]:
-    """Benchmark every implementation at the WF-VAE shapes (`quick`: small shapes, few iterations)."""
+def run(device: str, quick: bool, checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Benchmark every implementation at the WF-VAE shapes (`quick`: small shapes, few iterations);
+    `checkpoint` gets the finished cases after each one (a killed run keeps them)."""
     dev = torch.device(device)
     on_cuda = dev.type == "cuda"
     shapes = QUICK_SHAPES if quick else FULL_SHAPES
@@ -186,6 +187,8 @@ def run(device: str, quick: bool) -> dict[str, Any]:
         idwt_impls["compile"] = compiled_idwt
         for shape in shapes:
             cases.append(_bench_case(shape, dtype, dev, impls, idwt_impls, warmup, iters, pywt_iters))
+            if checkpoint is not None:
+                checkpoint({"op": "haar_dwt3d", "device": str(dev), "quick": quick, "cases": cases})
             if on_cuda:
                 torch.cuda.empty_cache()
     return {

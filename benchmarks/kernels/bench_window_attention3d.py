@@ -7,7 +7,10 @@ Implementations (same inputs, same semantics, rel-pos bias on, padded keys maske
   * ``compiled``         ``torch.compile`` of that reference (first call's compile time recorded);
   * ``sdpa_partitioned`` the strong baseline: pad, roll, partition into windows, then
                          ``F.scaled_dot_product_attention`` with (bias + region/padding mask) as a float
-                         ``attn_mask``, then reverse; partition/reverse/mask building are timed too.
+                         ``attn_mask``, then reverse; partition/reverse/mask building are timed too;
+  * ``flex_attention``   the same partition, then ``torch.nn.attention.flex_attention`` with a block mask of the
+                         windows (one block per window) and the bias as a ``score_mod``, compiled on CUDA (flex's
+                         own Triton kernel); its block mask is built once per geometry (a model would cache it).
 
 Shapes (heads 6, head_dim 64, window (4, 4, 4), unshifted and shift (2, 2, 2)):
   * ``dit3d-48x56x40``: tokens of a 4x48x56x40 latent with patch 2 -> grid 24x28x20 (batch 4);
@@ -22,6 +25,7 @@ QK^T of flash-style backward and all softmax/elementwise work are not counted).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -88,6 +92,67 @@ def sdpa_partitioned(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     qw, kw, vw = (_to_windows(t, window, shift).reshape(b, h * nw, n, d) for t in (q, k, v))
     out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask.reshape(h * nw, n, n), scale=scale)
     return _from_windows(out.reshape(b, h, nw, n, d), grid, window, shift)
+
+
+def _flex_api() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """(flex_attention, create_block_mask), or None where this torch has no flex attention."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    return flex_attention, create_block_mask
+
+
+@functools.lru_cache(maxsize=16)
+def _flex_block_mask(grid: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int],
+                     device: torch.device) -> Any:
+    """Block mask over the window-major token sequence: query and key in one window and allowed there."""
+    _, create_block_mask = _flex_api()  # type: ignore[misc]
+    allowed = window_attention3d_mask(grid, window, shift, device).clone()
+    nw, n, _ = allowed.shape
+
+    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001 - flex's vmapped index signature
+        w = q_idx // n
+        return (kv_idx // n == w) & allowed[w, q_idx % n, kv_idx % n]
+
+    block = n if n % 16 == 0 else 128
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=nw * n, KV_LEN=nw * n, device=device, BLOCK_SIZE=block)
+
+
+def _flex_windows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tuple[int, int, int],
+                  shift: tuple[int, int, int], bias: torch.Tensor | None, block_mask: Any,
+                  scale: float | None) -> torch.Tensor:
+    """Partition, flex attention over the window-major sequence (bias as score_mod), reverse."""
+    flex_attention, _ = _flex_api()  # type: ignore[misc]
+    b, h, x, y, z, d = q.shape
+    n = window[0] * window[1] * window[2]
+    # contiguous 4D inputs: Inductor's flex templates expect a plain (B, H, L, D) layout, not a view
+    qw, kw, vw = (_to_windows(t, window, shift).reshape(b, h, -1, d).contiguous() for t in (q, k, v))
+    score_mod = None
+    if bias is not None:
+        def score_mod(score, bb, hh, q_idx, kv_idx):  # noqa: ANN001 - flex's score_mod signature
+            return score + bias[hh, q_idx % n, kv_idx % n].to(score.dtype)
+
+    out = flex_attention(qw, kw, vw, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    return _from_windows(out.reshape(b, h, -1, n, d), (x, y, z), window, shift)
+
+
+def make_flex_partitioned(compiled: bool) -> Callable[..., torch.Tensor]:
+    """Window attention through flex attention. ``compiled``: the partition + flex + reverse path under
+    torch.compile (flex's fused Triton kernel, the fast path on CUDA; the score_mod is created inside the
+    compiled region so it does not recompile per call). The block mask is built outside, once per geometry."""
+    if _flex_api() is None:
+        raise RuntimeError("torch.nn.attention.flex_attention is not available in this torch")
+    core = torch.compile(_flex_windows, dynamic=False) if compiled else _flex_windows
+
+    def flex_partitioned(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: tuple[int, int, int],
+                         shift: tuple[int, int, int], bias: torch.Tensor | None,
+                         scale: float | None = None) -> torch.Tensor:
+        window, shift = tuple(window), tuple(shift)
+        block_mask = _flex_block_mask(tuple(q.shape[2:5]), window, shift, q.device)
+        return core(q, k, v, window, shift, bias, block_mask, scale)
+
+    return flex_partitioned
 
 
 def useful_pairs(grid: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int]) -> int:
@@ -165,7 +230,7 @@ def _bench_config(name: str, grid: tuple[int, int, int], batch: int, shift: tupl
         entry["results"][impl] = res
     ok = {k: r for k, r in entry["results"].items() if r.get("status") == "ok"}
     ratios: dict[str, float] = {}
-    for base in ("sdpa_partitioned", "eager", "compiled"):
+    for base in ("sdpa_partitioned", "flex_attention", "eager", "compiled"):
         if "triton" in ok and base in ok:
             for phase in ("fwd", "fwd_bwd"):
                 ratios[f"triton_speedup_vs_{base}_{phase}"] = round(
@@ -178,8 +243,9 @@ def _bench_config(name: str, grid: tuple[int, int, int], batch: int, shift: tupl
     return entry
 
 
-def run(device: str, quick: bool) -> dict[str, Any]:
-    """Benchmark all implementations at the DiT-3D shapes; returns the JSON payload."""
+def run(device: str, quick: bool, checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Benchmark all implementations at the DiT-3D shapes; returns the JSON payload. `checkpoint` gets the
+    finished configs after each one (a killed run keeps them)."""
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     impls: dict[str, Callable[..., torch.Tensor] | str] = {}
@@ -191,10 +257,14 @@ def run(device: str, quick: bool) -> dict[str, Any]:
     impls["eager"] = window_attention3d_reference
     impls["compiled"] = torch.compile(window_attention3d_reference, dynamic=False)
     impls["sdpa_partitioned"] = sdpa_partitioned
+    impls["flex_attention"] = (make_flex_partitioned(compiled=dev.type == "cuda") if _flex_api() is not None
+                               else "torch.nn.attention.flex_attention is not available in this torch")
     configs = []
     for name, grid, batch in (QUICK_SHAPES if quick else FULL_SHAPES):
         for shift in SHIFTS:
             configs.append(_bench_config(name, grid, batch, shift, dev, dtype, quick, impls))
+            if checkpoint is not None:
+                checkpoint({"benchmark": "window_attention3d", "quick": quick, "configs": configs})
     return {
         "benchmark": "window_attention3d",
         "quick": quick,

@@ -9,7 +9,8 @@ Modules (each has one job):
 ``losses``     ``diffusion_loss`` (ℓ2 / ℓ1, float32, per-sample reductions)
 ``objective``  ``TrainingObjective``: x0 -> (x_t, model time, target) for any process
 ``guidance``   classifier-free guidance over pytree conditions, one batched forward
-``sampling``   the ``sample`` loop (all solvers, guidance, x̂0 trajectory, early stop)
+``sampling``   the ``sample`` loop (all solvers, guidance, x̂0 trajectory, early stop) and 001's ε-norm early stop
+``cutmix``     latent CutMix (001): one random box swapped between latents of a batch, same box for the noise
 ``config``     ``DiffusionConfig`` / ``SamplingConfig`` and the ``build_*`` factories
 
 Typical use in a recipe::
@@ -29,11 +30,13 @@ from .losses import diffusion_loss
 from .objective import NoisedBatch, TrainingObjective
 from .process import PREDICTION_TYPES, DiffusionProcess, StepOutput
 from .rflow import RFlowProcess, timestep_transform
-from .sampling import SampleOutput, StepInfo, sample, trajectory_indices
+from .cutmix import CutMix, cutmix_boxes, latent_cutmix
+from .sampling import EarlyStop, SampleOutput, StepInfo, early_stop_callback, sample, trajectory_indices
 from .schedules import NoiseSchedule, available_schedules, make_schedule, register_schedule
 
 __all__ = ["DiffusionConfig", "SamplingConfig", "build_objective", "build_process", "build_schedule",
            "DDPMProcess", "ddpm_timesteps", "cfg_combine", "concat_conditions", "guided_output", "diffusion_loss",
            "NoisedBatch", "TrainingObjective", "PREDICTION_TYPES", "DiffusionProcess", "StepOutput", "RFlowProcess",
-           "timestep_transform", "SampleOutput", "StepInfo", "sample", "trajectory_indices", "NoiseSchedule",
+           "timestep_transform", "SampleOutput", "StepInfo", "sample", "trajectory_indices", "EarlyStop",
+           "early_stop_callback", "CutMix", "cutmix_boxes", "latent_cutmix", "NoiseSchedule",
            "available_schedules", "make_schedule", "register_schedule"]

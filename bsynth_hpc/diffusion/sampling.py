@@ -117,4 +117,41 @@ def sample(model_fn: ModelFn, shape: Sequence[int], process: DiffusionProcess, s
     return SampleOutput(x, tuple(inter), tuple(inter_t), taken)
 
 
-__all__ = ["sample", "SampleOutput", "StepInfo", "trajectory_indices"]
+class EarlyStop:
+    """Seed 001's adaptive early stop as a ``sample(callback=...)``: stop once ‖ε̂‖ < ``threshold``.
+
+    ‖ε̂‖ is the root-mean-square of the predicted noise per sample (independent of the latent
+    size); the loop stops when every sample of the batch is below the threshold, after at least
+    ``min_steps`` steps, and ``sample`` then returns that step's x̂0. With a ``process`` the
+    network output is converted to ε first (v- or x0-prediction models); without one it is taken
+    as ε. After the run: ``steps_taken``, ``stopped`` and the per-step batch maximum ``norms``.
+    """
+
+    def __init__(self, threshold: float = 0.05, process: DiffusionProcess | None = None, min_steps: int = 1) -> None:
+        if not threshold > 0.0:
+            raise ConfigError(f"early-stop threshold={threshold} must be > 0")
+        if min_steps < 1:
+            raise ConfigError(f"early-stop min_steps={min_steps} must be >= 1")
+        self.threshold, self.process, self.min_steps = float(threshold), process, int(min_steps)
+        self.norms: list[float] = []
+        self.steps_taken = 0
+        self.stopped = False
+
+    def __call__(self, info: StepInfo) -> bool:
+        eps = info.model_out if self.process is None else self.process.predict_epsilon(info.model_out, info.x_t,
+                                                                                        info.t)
+        norm = float(eps.float().flatten(1).square().mean(dim=1).sqrt().max())
+        self.norms.append(norm)
+        self.steps_taken = info.index + 1
+        self.stopped = self.steps_taken >= self.min_steps and norm < self.threshold
+        return self.stopped
+
+
+def early_stop_callback(threshold: float = 0.05, process: DiffusionProcess | None = None,
+                        min_steps: int = 1) -> EarlyStop:
+    """An :class:`EarlyStop` callback (001: DDIM 50, η = 0, threshold 0.05); its ``steps_taken`` (and
+    ``SampleOutput.steps_taken``) report the steps actually run."""
+    return EarlyStop(threshold, process, min_steps)
+
+
+__all__ = ["sample", "SampleOutput", "StepInfo", "trajectory_indices", "EarlyStop", "early_stop_callback"]

@@ -36,6 +36,52 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class ProgressLines:
+    """Progress for logs and pipes (no terminal, so no tqdm bar): one line per ~5 % of the run with the
+    measured rate and the time left, e.g. ``train step 250/1500 (17%), 3.9 step/s, ~5 min 20 s left``."""
+
+    def __init__(self, total_steps: int, start_step: int, lines: int = 20, clock: Any = time.monotonic):
+        self.total, self.step = int(total_steps), int(start_step)
+        self.every = max(1, (self.total - self.step) // max(1, lines))
+        self.clock = clock
+        self.t0, self.step0 = clock(), self.step
+        self.next = self.step + self.every
+
+    def advance(self, n: int, postfix: Mapping[str, float] | None = None) -> str | None:
+        """Count ``n`` steps; return the line to print when a reporting point was crossed, else None."""
+        self.step += int(n)
+        if self.step < self.next and self.step < self.total:
+            return None
+        while self.next <= self.step:
+            self.next += self.every
+        elapsed = max(self.clock() - self.t0, 1e-9)
+        rate = (self.step - self.step0) / elapsed
+        left = (self.total - self.step) / rate if rate > 0 else float("inf")
+        pct = 100.0 * self.step / max(1, self.total)
+        extra = "".join(f", {k} {v:.4g}" for k, v in (postfix or {}).items())
+        return (f"train step {self.step}/{self.total} ({pct:.0f}%), {rate:.3g} step/s, "
+                f"~{format_seconds(left)} left{extra}")
+
+
+def format_seconds(seconds: float) -> str:
+    """``75`` -> ``1 min 15 s``; ``3725`` -> ``1 h 2 min``; infinite -> ``?``."""
+    if not math.isfinite(seconds):
+        return "? s"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {(s % 3600) // 60} min"
+
+
 class MetricsLogger:
     """JSONL + TensorBoard + tqdm on rank 0; a no-op elsewhere."""
 
@@ -45,6 +91,7 @@ class MetricsLogger:
         self.path = run_dir / "logs" / "metrics.jsonl"
         self.writer = None
         self.bar = None
+        self.lines: ProgressLines | None = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,11 +104,13 @@ class MetricsLogger:
                 self.writer = SummaryWriter(str(run_dir / "logs" / "tensorboard"), purge_step=start_step or None)
             except ImportError:  # pragma: no cover - tensorboard is optional
                 self.info("tensorboard is not installed: metrics go to logs/metrics.jsonl only")
-        if progress:
+        if progress and _is_terminal(sys.stderr):
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-                            file=sys.stderr, disable=None)
+                            file=sys.stderr)
+        elif progress:
+            self.lines = ProgressLines(total_steps, start_step)
 
     def _truncate(self, start_step: int) -> None:
         if not self.path.is_file():
@@ -106,6 +155,10 @@ class MetricsLogger:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+        elif self.lines is not None:
+            line = self.lines.advance(n, postfix)
+            if line:
+                print(f"[bsynth] {line}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if not self.enabled:

@@ -9,6 +9,11 @@ Embedding path (§2.5.5):
   emb   = Linear(2E -> E)(concat(e_tm, Linear(e_meta -> E)(e_meta)))
 E is the U-Net embedding width (``embed_dim``, default 4 x base channels). The null modality id
 (``num_modalities``) and the all-missing metadata mask are the CFG null conditions.
+With ``num_classes`` > 0 a class embedding E_cls[y] (condition key ``"class"``, null id
+``num_classes``, CFG dropout ``class_dropout_prob``) is added to e_tm as well: seed 004's
+normal/tumour conditional U-Net. The WFDM inputs can be switched off (``modality_conditioning`` /
+``metadata_conditioning`` False), leaving the timestep (and class) embedding: seed 001's
+unconditional latent U-Net (preset ``slice001_unet``) and 004's (``slice004_unet``).
 
 ``spatial_dims`` 3 (the default: (B, C, X, Y, Z) latents) or 2 ((B, C, H, W) slice latents, the
 2D recipes of seeds 001/004) picks the convolutions, as MONAI's ``DiffusionModelUNet`` does; the
@@ -66,10 +71,12 @@ __all__ = [
     "unet3d_config",
     "build_unet3d",
     "unet3d_wfdm",
+    "slice001_unet",
+    "slice004_unet",
 ]
 
-COND_KEYS = ("modality", "metadata", "metadata_mask")
-"""Keys of the condition dict: modality (B,) long, metadata (B, 25) float, metadata_mask (B, 25)."""
+COND_KEYS = ("modality", "metadata", "metadata_mask", "class")
+"""Keys of the condition dict: modality (B,) long, metadata (B, 25) float, metadata_mask (B, 25), class (B,) long."""
 
 
 @dataclass
@@ -82,8 +89,9 @@ class UNet3dConfig:
     ``attention_heads`` heads there and in the middle block (``mid_attention``). ``embed_dim``
     (None: 4 x base_channels) is the block embedding width E; ``metadata_dim`` is e_meta and
     ``metadata_field_dim`` the width of each discrete field's learned embedding.
-    ``modality_dropout_prob`` / ``metadata_dropout_prob`` are the CFG condition-dropout rates of
-    :meth:`UNet3dConditional.drop_conditions`.
+    ``modality_dropout_prob`` / ``metadata_dropout_prob`` / ``class_dropout_prob`` are the CFG
+    condition-dropout rates of :meth:`UNet3dConditional.drop_conditions`; ``num_classes`` > 0 adds the
+    class embedding (0: none, the default, so the WFDM network is unchanged).
     """
 
     in_channels: int = 4
@@ -107,6 +115,9 @@ class UNet3dConfig:
     activation_checkpointing: bool = False
     spatial_dims: int = 3
     """3: volume latents (B, C, X, Y, Z); 2: slice latents (B, C, H, W)."""
+    num_classes: int = 0
+    """Class labels of the ``"class"`` condition (004: normal, tumour); 0 = no class embedding."""
+    class_dropout_prob: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("channel_mult", "attention_levels"):
@@ -139,7 +150,9 @@ class UNet3dConfig:
         if any(not 0 <= a < levels for a in self.attention_levels):
             raise ConfigError(f"{where}.attention_levels must be level indices in 0..{levels - 1}, got "
                               f"{list(self.attention_levels)}")
-        for name in ("dropout", "modality_dropout_prob", "metadata_dropout_prob"):
+        if self.num_classes < 0:
+            raise ConfigError(f"{where}.num_classes must be >= 0 (0 = no class embedding), got {self.num_classes}")
+        for name in ("dropout", "modality_dropout_prob", "metadata_dropout_prob", "class_dropout_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{where}.{name} must lie in [0, 1], got {getattr(self, name)}")
         chans = self.level_channels()
@@ -234,6 +247,8 @@ class UNet3dConditional(nn.Module):
             self.metadata_encoder = MetadataEncoder(c.metadata_dim, c.metadata_field_dim)
             self.metadata_proj = nn.Linear(c.metadata_dim, emb_dim)
             self.embed_fuse = nn.Linear(2 * emb_dim, emb_dim)
+        if c.num_classes > 0:
+            self.class_embed = LabelEmbedder(c.num_classes, emb_dim)
 
         def stage(cin: int, cout: int, attention: bool) -> _Stage:
             attn = _attention(cout, c.attention_heads, groups) if attention else None
@@ -279,6 +294,11 @@ class UNet3dConditional(nn.Module):
         """The null modality id (CFG's unconditional modality)."""
         return self.config.num_modalities
 
+    @property
+    def null_class(self) -> int:
+        """The null class id (CFG's unconditional class; only with ``num_classes`` > 0)."""
+        return self.config.num_classes
+
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute residual/attention block activations in backward (saves memory, costs a forward)."""
         set_activation_checkpointing(self, enabled)
@@ -291,6 +311,8 @@ class UNet3dConditional(nn.Module):
         if self.config.metadata_conditioning:
             null["metadata"] = torch.zeros(batch, NUM_FIELDS, device=device)
             null["metadata_mask"] = torch.zeros(batch, NUM_FIELDS, device=device)
+        if self.config.num_classes > 0:
+            null["class"] = torch.full((batch,), self.null_class, dtype=torch.long, device=device)
         return null
 
     def _complete(self, cond: Mapping[str, torch.Tensor] | None, batch: int,
@@ -310,6 +332,9 @@ class UNet3dConditional(nn.Module):
         if "metadata" in cond and not self.config.metadata_conditioning:
             raise ValueError("UNet3dConditional: got 'metadata' but the model was built with "
                              "metadata_conditioning=False")
+        if "class" in cond and self.config.num_classes == 0:
+            raise ValueError("UNet3dConditional: got a 'class' condition but the model was built with "
+                             "num_classes=0")
         full = self.null_condition(batch, device)
         full.update(cond)
         for key, value in full.items():
@@ -320,11 +345,13 @@ class UNet3dConditional(nn.Module):
 
     def drop_conditions(self, cond: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
                         modality_prob: float | None = None,
-                        metadata_prob: float | None = None) -> dict[str, torch.Tensor]:
+                        metadata_prob: float | None = None,
+                        class_prob: float | None = None) -> dict[str, torch.Tensor]:
         """CFG condition dropout for training (independent per sample and condition): the modality
-        becomes the null id with ``modality_prob`` and the metadata becomes all-missing (values and
-        mask zeroed) with ``metadata_prob`` (defaults: the config's dropout rates)."""
-        rates = {"modality": modality_prob, "metadata": metadata_prob}
+        becomes the null id with ``modality_prob``, the metadata becomes all-missing (values and
+        mask zeroed) with ``metadata_prob`` and the class the null class with ``class_prob``
+        (defaults: the config's dropout rates)."""
+        rates = {"modality": modality_prob, "metadata": metadata_prob, "class": class_prob}
         groups = [g for g in self.condition_groups() if all(k in cond for k in g.keys)]
         if not groups:
             return dict(cond)
@@ -341,6 +368,8 @@ class UNet3dConditional(nn.Module):
             groups.append(ConditionGroup("modality", ("modality",), c.modality_dropout_prob))
         if c.metadata_conditioning:
             groups.append(ConditionGroup("metadata", ("metadata", "metadata_mask"), c.metadata_dropout_prob))
+        if c.num_classes > 0:
+            groups.append(ConditionGroup("class", ("class",), c.class_dropout_prob))
         return tuple(groups)
 
     def embed(self, t: torch.Tensor | float, cond: Mapping[str, torch.Tensor] | None, batch: int,
@@ -350,6 +379,8 @@ class UNet3dConditional(nn.Module):
         emb = self.time_embed(batch_timesteps(t, batch, device))
         if self.modality_embed is not None:
             emb = emb + self.modality_embed(full["modality"])
+        if self.config.num_classes > 0:
+            emb = emb + self.class_embed(full["class"])
         if self.config.metadata_conditioning:
             meta = self.metadata_proj(self.metadata_encoder(full["metadata"], full["metadata_mask"]))
             emb = self.embed_fuse(torch.cat([emb, meta], dim=1))
@@ -406,6 +437,19 @@ UNET3D_PRESETS: dict[str, dict[str, Any]] = {
     # WFDM stage B on 4-channel WF-VAE latents (f = 4: 48x56x40 for 192x224x160 volumes).
     "unet3d-wfdm": {"in_channels": 4, "base_channels": 64, "channel_mult": (1, 2, 4), "num_res_blocks": 2,
                     "attention_levels": (2,), "attention_heads": 8, "num_modalities": 4},
+    # 001 §III.B.2 on 8x16^2 VAE latents: sinusoidal timestep embedding -> 512, levels [64, 128, 256] with two
+    # residual blocks each (time-conditional adaptive GroupNorm), self-attention at 8^2 (level 1), dropout 0.1,
+    # unconditional.
+    "slice001_unet": {"spatial_dims": 2, "in_channels": 8, "base_channels": 64, "channel_mult": (1, 2, 4),
+                      "num_res_blocks": 2, "attention_levels": (1,), "mid_attention": False, "attention_heads": 4,
+                      "dropout": 0.1, "embed_dim": 512, "modality_conditioning": False,
+                      "metadata_conditioning": False},
+    # 004 §V.C-D on 8x32^2 latents: class-conditional (normal, tumour) with label dropout 0.1 for CFG, timestep
+    # embeddings in every residual block, self-attention at the bottleneck only. Widths are not given in 004.
+    "slice004_unet": {"spatial_dims": 2, "in_channels": 8, "base_channels": 64, "channel_mult": (1, 2, 4),
+                      "num_res_blocks": 2, "attention_levels": (), "mid_attention": True, "attention_heads": 4,
+                      "modality_conditioning": False, "metadata_conditioning": False, "num_classes": 2,
+                      "class_dropout_prob": 0.1},
 }
 """Named U-Net configurations; any field can be overridden."""
 
@@ -423,3 +467,13 @@ def build_unet3d(preset: str = "unet3d-wfdm", **overrides: Any) -> UNet3dConditi
 def unet3d_wfdm(**overrides: Any) -> UNet3dConditional:
     """Seed 003's WFDM latent denoiser (modality + metadata conditioned)."""
     return build_unet3d("unet3d-wfdm", **overrides)
+
+
+def slice001_unet(**overrides: Any) -> UNet3dConditional:
+    """Seed 001's unconditional 2D latent U-Net (8x16^2 latents)."""
+    return build_unet3d("slice001_unet", **overrides)
+
+
+def slice004_unet(**overrides: Any) -> UNet3dConditional:
+    """Seed 004's class-conditional 2D latent U-Net (8x32^2 latents, condition key "class")."""
+    return build_unet3d("slice004_unet", **overrides)

@@ -3,6 +3,7 @@
 Each op dispatches to the Triton kernel on CUDA (or on CPU under TRITON_INTERPRET=1) and to
 the PyTorch reference elsewhere; `_dispatch` holds the rules. Models never import `kernels`.
 Triton is optional: without it the kernel modules still import and every op runs the reference.
+Ops from the csrc extension (`bsynth_hpc._C`, optional too) come first where it is built.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 from ..kernels import group_norm_silu as _gns
 from ..kernels import haar_dwt3d as _haar
 from ..kernels import window_attention3d as _wa
-from ._dispatch import set_triton_enabled, triton_available, use_triton
+from . import depthwise_ext as _dw
+from ._dispatch import set_ext_enabled, set_triton_enabled, triton_available, use_ext, use_triton
 
 __all__ = [
     "haar_dwt3d",
@@ -21,8 +23,11 @@ __all__ = [
     "haar_dwt3d_two_level",
     "group_norm_silu",
     "window_attention3d",
+    "depthwise_conv3d",
+    "set_ext_enabled",
     "set_triton_enabled",
     "triton_available",
+    "use_ext",
     "use_triton",
 ]
 
@@ -70,3 +75,17 @@ def window_attention3d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
     tensors = [t for t in (q, k, v, rel_pos_bias) if t is not None]
     fn = _wa.window_attention3d_triton if use_triton(*tensors) else _wa.window_attention3d_reference
     return fn(q, k, v, tuple(window_size), tuple(shift_size), rel_pos_bias, scale)
+
+
+def depthwise_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 1) -> torch.Tensor:
+    """Depthwise 3D convolution (groups = channels): x (B, C, X, Y, Z), weight (C, 1, kx, ky, kz), bias (C,).
+
+    The csrc extension (CUDA kernel on CUDA tensors, C++/OpenMP kernel on CPU) where it is built and
+    supports the dtype, else `F.conv3d(x, weight, bias, stride, padding, groups=C)`; same result either way.
+    """
+    stride3, padding3 = _dw.triple(stride, "stride"), _dw.triple(padding, "padding")
+    tensors = [t for t in (x, weight, bias) if t is not None]
+    if use_ext(_dw.OP, _dw.DTYPES, *tensors):
+        return _dw.depthwise_conv3d_ext(x, weight, bias, stride3, padding3)
+    return _dw.depthwise_conv3d_reference(x, weight, bias, stride3, padding3)

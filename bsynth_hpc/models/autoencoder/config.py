@@ -23,6 +23,14 @@ ResNet block of the deepest level (WF-SA-VAE).
 Dimensions. ``spatial_dims`` 3 (volumes, the default) or 2 (slices: the same trunk with 2D
 convolutions, e.g. 1x128^2 -> 8x16^2 with f = 8 for seeds 001/004). The Haar DWT is 3D only (the ops
 facade has no 2D kernel), so the wavelet kinds refuse ``spatial_dims=2``: use ``kind="conv"``.
+
+Slice presets (2D, conv kind): ``slice001`` is seed 001's VAE (1x128^2 -> 8x16^2: four levels of
+widths 32, 64, 128, 256 with two GroupNorm+SiLU ResNet blocks each, stride-2 3x3 downsampling,
+self-attention at the 16^2 bottleneck, 4x4 transposed-convolution upsampling, tanh output);
+``slice004`` is seed 004's (1x256^2 -> 8x32^2: stride-2 convolutions, GroupNorm(1, C) = layer
+norm over (C, H, W), LeakyReLU in the encoder, ReLU in the decoder, transposed convolutions, tanh).
+The options they use (``encoder_activation``/``decoder_activation``, ``upsample``,
+``output_activation``) default to the 3D networks' choices, which stay as they were.
 """
 from __future__ import annotations
 
@@ -33,9 +41,11 @@ from typing import Any, Literal
 
 from ...errors import ConfigError
 from ..spatial import check_spatial_dims
+from .blocks import ACTIVATIONS, UPSAMPLE_MODES
 
 CompressorKind = Literal["conv", "wavelet_fusion", "wavelet"]
 KINDS: tuple[str, ...] = ("conv", "wavelet_fusion", "wavelet")
+OUTPUT_ACTIVATIONS: tuple[str | None, ...] = (None, "tanh")
 
 
 @dataclass
@@ -77,6 +87,14 @@ class CompressorConfig:
     """Activation checkpointing of every ResNet/attention block (recompute in backward)."""
     spatial_dims: int = 3
     """3: volumes (B, C, X, Y, Z); 2: slices (B, C, H, W), conv kind only (module docstring)."""
+    encoder_activation: str = "silu"
+    """Activation after every encoder GroupNorm: "silu" (fused op), "leaky_relu" (0.2) or "relu"."""
+    decoder_activation: str = "silu"
+    """Activation after every decoder GroupNorm (same choices)."""
+    upsample: str = "nearest"
+    """Decoder x2 upsampling: "nearest" + 3x3(x3) conv, or "transposed" 4x4(x4) stride-2 conv (001)."""
+    output_activation: str | None = None
+    """None: linear output; "tanh": outputs in (-1, 1) for data scaled to [-1, 1] (001, 004)."""
 
     def __post_init__(self) -> None:
         for name in ("channel_mult", "subbands"):  # YAML/JSON give lists
@@ -154,6 +172,15 @@ class CompressorConfig:
         need(self.logvar_min < self.logvar_max,
              f"logvar_min={self.logvar_min} must be below logvar_max={self.logvar_max}")
         need(self.norm_eps > 0, f"norm_eps={self.norm_eps} must be > 0")
+        for name in ("encoder_activation", "decoder_activation"):
+            need(getattr(self, name) in ACTIVATIONS,
+                 f"{name}={getattr(self, name)!r} is not one of {', '.join(ACTIVATIONS)}")
+        need(self.upsample in UPSAMPLE_MODES, f"upsample={self.upsample!r}: use one of {', '.join(UPSAMPLE_MODES)}")
+        need(self.output_activation in OUTPUT_ACTIVATIONS,
+             f"output_activation={self.output_activation!r}: use None or 'tanh'")
+        need(self.kind == "conv" or self.output_activation is None,
+             f"output_activation={self.output_activation!r} needs kind='conv' (the wavelet kinds output "
+             "coefficients that their inverse transform turns into the image)")
 
     def replace(self, **changes: Any) -> "CompressorConfig":
         """A copy with ``changes`` applied (unknown names raise ConfigError listing the fields)."""
@@ -180,6 +207,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 000 §5.1: three ResNet-style blocks, the first two downsampling (f = 4), GroupNorm, 4 channels.
     # Widths are not given in 000; MAISI's (64, 128, 256), whose VAE-GAN strategy 000 adopts.
     "tle-vaegan": dict(kind="conv", num_res_blocks=1),
+    # 001 §III.B.1: 1x128^2 -> 8x16^2, widths [32, 64, 128, 256], two ResNet blocks (GroupNorm + SiLU) per
+    # stage, stride-2 3x3 downsampling, bottleneck self-attention, transposed-conv (k4, s2) decoder, tanh.
+    "slice001": dict(kind="conv", spatial_dims=2, in_channels=1, latent_channels=8, downsample_factor=8,
+                     base_channels=32, channel_mult=(1, 2, 4, 8), num_res_blocks=2, attention=True,
+                     upsample="transposed", output_activation="tanh"),
+    # 004 §IV.B / Fig. 2: 1x256^2 -> 8x32^2, stride-2 convolutions 32 -> 64 -> 128, layer norm (GroupNorm with
+    # one group), LeakyReLU encoder, ReLU decoder, transposed-conv decoder, tanh. One ResNet block per level
+    # (004's network has no residual blocks; one keeps the project's trunk with the fewest layers).
+    "slice004": dict(kind="conv", spatial_dims=2, in_channels=1, latent_channels=8, downsample_factor=8,
+                     base_channels=32, channel_mult=(1, 2, 4, 4), num_res_blocks=1, norm_groups=1,
+                     encoder_activation="leaky_relu", decoder_activation="relu", upsample="transposed",
+                     output_activation="tanh"),
 }
 """Named compressor presets (the model registry's names)."""
 

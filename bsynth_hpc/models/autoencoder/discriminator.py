@@ -4,7 +4,8 @@ MONAI-PatchDiscriminator-like: a stride-2 conv + LeakyReLU(0.2) without normalis
 ``num_layers`` conv + norm + LeakyReLU stages doubling the width (stride 2 except the last,
 stride 1), and a final conv to one logit per patch. The output is a logit map (no sigmoid):
 the adversarial losses in :mod:`bsynth_hpc.losses.adversarial` take logits. ``spatial_dims``
-picks 2D or 3D layers; ``PatchDiscriminator3d`` is the same class.
+picks 2D or 3D layers; ``PatchDiscriminator3d`` is the same class. ``conv="separable"`` replaces every
+convolution by a depth-wise separable one (``bsynth_hpc.nn.SeparableConv3d``; seed 002 §2.4, 3D only).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ... import nn as bnn
 from ...errors import ConfigError
 from ..checkpointing import CheckpointedBlock, set_activation_checkpointing
 from ..spatial import batch_norm_nd, check_spatial_dims, conv_nd, instance_norm_nd
@@ -22,6 +24,7 @@ from ..spatial import batch_norm_nd, check_spatial_dims, conv_nd, instance_norm_
 __all__ = ["PatchDiscriminatorConfig", "PatchDiscriminator", "PatchDiscriminator3d", "patchgan3d"]
 
 NormKind = Literal["instance", "batch", "group", "none"]
+ConvKind = Literal["standard", "separable"]
 
 
 @dataclass
@@ -42,6 +45,8 @@ class PatchDiscriminatorConfig:
     checkpointing: bool = False
     spatial_dims: int = 3
     """3: volumes, 2: slices."""
+    conv: ConvKind = "standard"
+    """standard, or separable (depth-wise k^3 + point-wise 1^3, seed 002; spatial_dims 3 only)."""
 
     def validate(self, where: str = "discriminator") -> None:
         if self.in_channels < 1 or self.channels < 1 or self.num_layers < 1 or self.kernel_size < 1:
@@ -51,6 +56,15 @@ class PatchDiscriminatorConfig:
         if self.max_channels < self.channels:
             raise ConfigError(f"{where}: max_channels={self.max_channels} is below channels={self.channels}")
         check_spatial_dims(self.spatial_dims, where)
+        if self.conv not in ("standard", "separable"):
+            raise ConfigError(f"{where}: conv={self.conv!r}, use standard or separable")
+        if self.conv == "separable" and self.spatial_dims != 3:
+            raise ConfigError(f"{where}: conv=separable needs spatial_dims=3")
+
+
+def _conv_factory(cfg: PatchDiscriminatorConfig) -> Any:
+    """The convolution class the config asks for (same positional/keyword arguments as nn.Conv3d)."""
+    return bnn.SeparableConv3d if cfg.conv == "separable" else conv_nd(cfg.spatial_dims)
 
 
 def _norm(kind: NormKind, channels: int, spatial_dims: int) -> nn.Module:
@@ -66,9 +80,9 @@ def _norm(kind: NormKind, channels: int, spatial_dims: int) -> nn.Module:
 
 class _Stage(CheckpointedBlock):
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, norm: NormKind, slope: float,
-                 spatial_dims: int) -> None:
+                 spatial_dims: int, conv: Any) -> None:
         super().__init__()
-        self.conv = conv_nd(spatial_dims)(in_ch, out_ch, kernel, stride=stride, padding=1, bias=norm == "none")
+        self.conv = conv(in_ch, out_ch, kernel, stride=stride, padding=1, bias=norm == "none")
         self.norm = _norm(norm, out_ch, spatial_dims)
         self.act = nn.LeakyReLU(slope)
 
@@ -87,12 +101,13 @@ class PatchDiscriminator(nn.Module):
         cfg = dataclasses.replace(config or PatchDiscriminatorConfig(), **overrides)
         cfg.validate()
         self.config = cfg
-        k, slope, conv = cfg.kernel_size, cfg.negative_slope, conv_nd(cfg.spatial_dims)
+        k, slope, conv = cfg.kernel_size, cfg.negative_slope, _conv_factory(cfg)
         self.stem = nn.Sequential(conv(cfg.in_channels, cfg.channels, k, stride=2, padding=1), nn.LeakyReLU(slope))
         stages, width = [], cfg.channels
         for i in range(cfg.num_layers):
             out = min(width * 2, cfg.max_channels)
-            stages.append(_Stage(width, out, k, 1 if i == cfg.num_layers - 1 else 2, cfg.norm, slope, cfg.spatial_dims))
+            stages.append(_Stage(width, out, k, 1 if i == cfg.num_layers - 1 else 2, cfg.norm, slope, cfg.spatial_dims,
+                                 conv))
             width = out
         self.stages = nn.Sequential(*stages)
         self.head = conv(width, 1, k, stride=1, padding=1)
@@ -104,8 +119,12 @@ class PatchDiscriminator(nn.Module):
     def factory_kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map, before the logit head (what a projection discriminator reads)."""
+        return self.stages(self.stem(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(x)))
+        return self.head(self.features(x))
 
 
 PatchDiscriminator3d = PatchDiscriminator

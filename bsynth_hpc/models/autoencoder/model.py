@@ -30,7 +30,7 @@ from .tiling import Blend, tiled_decode
 from .trunk import Decoder, Encoder
 from .wavelet import PixelTransform, WaveletFusion, WaveletStack
 
-__all__ = ["Autoencoder", "Autoencoder3d", "build_compressor"]
+__all__ = ["Autoencoder", "Autoencoder3d", "build_compressor", "slice001_vae", "slice004_vae"]
 
 
 def _transform(cfg: CompressorConfig) -> PixelTransform:
@@ -56,9 +56,11 @@ class Autoencoder(nn.Module):
                       eps=cfg.norm_eps, attention=cfg.attention, heads=cfg.attention_heads,
                       spatial_dims=cfg.spatial_dims)
         self.encoder = Encoder(self.transform.front_channels, latent_channels=cfg.latent_channels,
-                                 side_inputs=sides, fusion=cfg.encoder_fusion, **common)
+                                 side_inputs=sides, fusion=cfg.encoder_fusion, activation=cfg.encoder_activation,
+                                 **common)
         self.decoder = Decoder(cfg.latent_channels, out_channels=self.transform.front_channels,
-                                 side_outputs=sides, **common)
+                                 side_outputs=sides, activation=cfg.decoder_activation, upsample=cfg.upsample,
+                                 **common)
         self._side_exponent = {e - dwt: e for e in self.transform.side_channels}  # trunk level -> exponent
         set_activation_checkpointing(self, cfg.checkpointing)
 
@@ -145,6 +147,8 @@ class Autoencoder(nn.Module):
         self._check_latent(z)
         main, sides = self.decoder(z)
         image = self.transform.synthesize(main, {self._side_exponent[lvl]: t for lvl, t in sides.items()})
+        if self.config.output_activation == "tanh":
+            image = torch.tanh(image)
         return self._crop(image, output_shape)
 
     def decode_tiled(self, z: torch.Tensor, tile: int | Sequence[int] = 16, overlap: int | Sequence[int] = 4,
@@ -203,3 +207,13 @@ def vae_gan(**overrides: Any) -> Autoencoder:
 def tle_vaegan(**overrides: Any) -> Autoencoder:
     """The TLE VAE-GAN of seed 000 §5.1 (three ResNet blocks, two downsampling, f = 4)."""
     return build_compressor("tle-vaegan", **overrides)
+
+
+def slice001_vae(**overrides: Any) -> Autoencoder:
+    """Seed 001's slice VAE, 1x128^2 -> 8x16^2 (config ``slice001``)."""
+    return build_compressor("slice001", **overrides)
+
+
+def slice004_vae(**overrides: Any) -> Autoencoder:
+    """Seed 004's slice VAE, 1x256^2 -> 8x32^2 (config ``slice004``)."""
+    return build_compressor("slice004", **overrides)

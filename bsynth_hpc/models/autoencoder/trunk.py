@@ -5,7 +5,9 @@ learned x2 down/up-sampling between levels and optional self-attention in the de
 Wavelet variants plug into it through *side inputs* (extra features fused at the input of an
 encoder level: Pi_2 of 003 §2.5.2) and *side outputs* (extra coefficient heads at the output of a
 decoder level: the stage-2 prediction c2_hat). The posterior parameters mu and log sigma^2 come
-from separate 1x1(x1) convolutions (003 §2.5.1). ``spatial_dims`` (2 or 3) picks the convolutions.
+from separate 1x1(x1) convolutions (003 §2.5.1). ``spatial_dims`` (2 or 3) picks the convolutions;
+``activation`` (per trunk: 004's LeakyReLU encoder / ReLU decoder) and the decoder's ``upsample`` mode
+(001's transposed convolutions) are the options of :mod:`.blocks`.
 """
 from __future__ import annotations
 
@@ -14,19 +16,18 @@ from typing import Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from ... import nn as bnn
 from ..attention import SpatialSelfAttention
 from ..spatial import conv_nd
-from .blocks import Downsample, OutputHead, ResBlock, Upsample
+from .blocks import Downsample, OutputHead, ResBlock, Upsample, norm_act
 
 __all__ = ["Encoder", "Decoder", "SideFusion"]
 
 
 def _level(in_ch: int, out_ch: int, n_blocks: int, groups: int, eps: float, attention: bool,
-           heads: int, spatial_dims: int) -> nn.Sequential:
+           heads: int, spatial_dims: int, activation: str = "silu") -> nn.Sequential:
     blocks: list[nn.Module] = []
     for b in range(n_blocks):
-        blocks.append(ResBlock(in_ch if b == 0 else out_ch, out_ch, groups, eps, spatial_dims))
+        blocks.append(ResBlock(in_ch if b == 0 else out_ch, out_ch, groups, eps, spatial_dims, activation))
         if attention:
             blocks.append(SpatialSelfAttention(out_ch, heads, groups, eps))
     return nn.Sequential(*blocks)
@@ -58,7 +59,7 @@ class Encoder(nn.Module):
     def __init__(self, in_channels: int, channels: Sequence[int], num_res_blocks: int, latent_channels: int,
                  groups: int, eps: float = 1e-6, attention: bool = False, heads: int = 1,
                  side_inputs: Mapping[int, int] | None = None, fusion: Literal["concat", "add"] = "concat",
-                 spatial_dims: int = 3) -> None:
+                 spatial_dims: int = 3, activation: str = "silu") -> None:
         super().__init__()
         conv = conv_nd(spatial_dims)
         side_inputs = dict(side_inputs or {})
@@ -74,10 +75,10 @@ class Encoder(nn.Module):
             if i in side_inputs:
                 self.fusions[str(i)] = SideFusion(side_inputs[i], prev, fusion, spatial_dims)
             self.levels.append(_level(prev, ch, num_res_blocks, groups, eps, attention and i == last, heads,
-                                      spatial_dims))
+                                      spatial_dims, activation))
             self.downs.append(Downsample(ch, spatial_dims) if i < last else nn.Identity())
             prev = ch
-        self.norm_out = bnn.GroupNormSiLU(groups, prev, eps)
+        self.norm_out = norm_act(groups, prev, eps, activation)
         self.to_mean = conv(prev, latent_channels, 1)
         self.to_logvar = conv(prev, latent_channels, 1)
 
@@ -101,7 +102,8 @@ class Decoder(nn.Module):
 
     def __init__(self, latent_channels: int, channels: Sequence[int], num_res_blocks: int, out_channels: int,
                  groups: int, eps: float = 1e-6, attention: bool = False, heads: int = 1,
-                 side_outputs: Mapping[int, int] | None = None, spatial_dims: int = 3) -> None:
+                 side_outputs: Mapping[int, int] | None = None, spatial_dims: int = 3, activation: str = "silu",
+                 upsample: str = "nearest") -> None:
         super().__init__()
         side_outputs = dict(side_outputs or {})
         last = len(channels) - 1
@@ -115,12 +117,12 @@ class Decoder(nn.Module):
         for i in range(last, -1, -1):  # deepest first; index k of the lists = level last - k
             ch = channels[i]
             self.levels.append(_level(prev, ch, num_res_blocks, groups, eps, attention and i == last, heads,
-                                      spatial_dims))
+                                      spatial_dims, activation))
             if i in side_outputs:
-                self.heads[str(i)] = OutputHead(ch, side_outputs[i], groups, eps, spatial_dims)
-            self.ups.append(Upsample(ch, spatial_dims) if i > 0 else nn.Identity())
+                self.heads[str(i)] = OutputHead(ch, side_outputs[i], groups, eps, spatial_dims, activation)
+            self.ups.append(Upsample(ch, spatial_dims, upsample) if i > 0 else nn.Identity())
             prev = ch
-        self.head_out = OutputHead(prev, out_channels, groups, eps, spatial_dims)
+        self.head_out = OutputHead(prev, out_channels, groups, eps, spatial_dims, activation)
         self.num_levels = last + 1
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
