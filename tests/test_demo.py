@@ -112,8 +112,11 @@ def test_demo_dit3d_end_to_end(tmp_path, monkeypatch):   # ~25 s of CPU on one c
     assert report["data"]["n_synthetic_pool"] == 4 and report["config"]["n_slices"] == 17
     assert "AUC-ROC" in (out / "study" / "metrics.md").read_text()
     summary = json.loads((out / common_demo.SUMMARY_NAME).read_text())
-    assert list(summary["step_seconds"]) == ["cohort", "prep", "dit3d-vae", "encode", "dit3d", "sample", "study"]
+    assert list(summary["step_seconds"]) == ["cohort", "prep", "dit3d-vae", "encode", "dit3d", "sample",
+                                             "fidelity", "study"]
     assert summary["exit_code"] == 0 and summary["study"]["arch"] == "tiny"
+    fidelity = json.loads((out / "eval" / "fidelity" / "fidelity.json").read_text())
+    assert fidelity["summary"]["samples"]["pooled"]["corr_modality"]["n"] == 4
 
 
 def test_demo_wfdm_end_to_end(tmp_path, monkeypatch):   # ~50 s of CPU: the README's main job, kept on CI

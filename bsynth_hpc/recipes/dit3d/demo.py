@@ -1,13 +1,14 @@
 """``bsynth demo --recipe dit3d`` (seed 000): demo-epilepsy only (healthy / TLE, 40 subjects, T1w) at
 4 mm -> prep with label-stratified splits (80 % train, the held-out 20 % cut 37 : 63 into val : test,
-as in 000 §5.3.1) -> tiny VAE-GAN (dit3d-vae) -> encode -> tiny class-conditional DiT-3D ->
-``--n-per-class`` samples per class (CFG 3) into OUT/samples (one samples.csv) -> the
-synthetic-augmentation classifier study (real / synthetic / real + synthetic 1:0.25 and 1:0.5;
-EfficientNet-V2-S on 34 coronal slices, ``--arch tiny`` for a seconds-long CNN) into OUT/study
-(metrics.md, metrics.json). About 10 minutes on 2 idle CPU cores.
+as in 000 §5.3.1) -> tiny VAE-GAN (dit3d-vae, configs/dit3d-vae_demo.yaml) -> encode -> tiny
+class-conditional DiT-3D (dit3d, configs/dit3d_demo.yaml: v prediction, chosen by measurement) ->
+``--n-per-class`` samples per class (CFG 3) into OUT/samples (one samples.csv) -> sample fidelity and
+memorization audit (OUT/eval/fidelity) -> the synthetic-augmentation classifier study (real /
+synthetic / real + synthetic 1:0.25 and 1:0.5; 000's EfficientNet-V2-S on 34 coronal slices, or
+``--arch tiny`` for a seconds-long CNN) into OUT/study (metrics.md, metrics.json).
 
-Writes ``OUT/demo_summary.json``; a rerun resumes finished training and encoding, the samples and
-the study are redone.
+Writes ``OUT/demo_summary.json``; a rerun resumes finished training and encoding, the samples,
+fidelity and the study are redone.
 """
 from __future__ import annotations
 
@@ -20,24 +21,20 @@ import yaml
 
 from ...engine.config import packaged_config
 from ...errors import ConfigError
+from ...eval.fidelity import headline, run_fidelity
 from ...study.augment import SEED000_CORONAL_MM, run_augment_study
 from ..common.demo import Demo, RecipeDemo, demo_shape
 from ..encode import encode_store
 from .sampling import DiT3dSampleConfig, generate
 
 __all__ = ["DEMO", "run_dit3d_demo", "fit_latent_grid", "study_slices", "add_dit3d_demo_options", "DIT3D_SPLITS",
-           "DIT3D_CLASSES", "DIT3D_TRAINING"]
+           "DIT3D_CLASSES", "DIT3D_CONFIGS"]
 
 # 000 §5.3.1: an 80 / 20 split of the real scans; the 20 % is cut into validation (37 %) and test (63 %)
 DIT3D_SPLITS: tuple[float, float, float] = (0.8, 0.2 * 0.37, 0.2 * 0.63)
 DIT3D_CLASSES: tuple[str, str] = ("healthy", "TLE")
-# demo training lengths on top of the tiny configs (before --override), about 3 + 2 minutes on 2 idle CPU cores:
-# the VAE-GAN (~1 s a step) gets 200 steps (val PSNR 18.5 dB at its config's 40 steps, 21.5 dB at 200: brain
-# outline and ventricles instead of a blob); the DiT (~0.03 s a step) 5000 (at 500 its samples are noise blobs)
-DIT3D_TRAINING: dict[str, tuple[str, ...]] = {
-    "dit3d-vae": ("engine.max_steps=200", "engine.val_every=50", "engine.ckpt_every=100"),
-    "dit3d": ("engine.max_steps=5000", "engine.val_every=1000", "engine.ckpt_every=1000"),
-}
+# the demo's packaged configs (steps, batch, EMA and the DiT's v prediction measured: see their headers)
+DIT3D_CONFIGS: dict[str, str] = {"dit3d-vae": "dit3d-vae_demo.yaml", "dit3d": "dit3d_demo.yaml"}
 TINY_NOTE = ("the classifier is a tiny CNN (--arch tiny), not 000's EfficientNet-V2-S (the default): faster on CPU "
              "(about 10 s against about 4 minutes for the four conditions on 2 idle cores), but not the seed's network")
 
@@ -47,8 +44,8 @@ def study_slices(spacing_mm: float) -> int:
     return max(1, min(demo_shape(spacing_mm)[1], int(round(SEED000_CORONAL_MM / spacing_mm))))
 
 
-def fit_latent_grid(spacing_mm: float, vae_config: str = "dit3d-vae_tiny.yaml",
-                    dit_config: str = "dit3d_tiny.yaml") -> list[str]:
+def fit_latent_grid(spacing_mm: float, vae_config: str = DIT3D_CONFIGS["dit3d-vae"],
+                    dit_config: str = DIT3D_CONFIGS["dit3d"]) -> list[str]:
     """dit3d-vae overrides so the latent grid of the demo shape divides into DiT patches: the configs' factor
     (4) fits 2 and 4 mm; coarser grids (8 mm: 24x28x20 -> 6x7x5) get the largest factor that fits."""
     factor = int(yaml.safe_load(packaged_config(vae_config).read_text())["recipe"]["downsample_factor"])
@@ -64,25 +61,24 @@ def fit_latent_grid(spacing_mm: float, vae_config: str = "dit3d-vae_tiny.yaml",
 def run_dit3d_demo(args: argparse.Namespace) -> int:
     """Seed 000 (TLE): epilepsy cohort -> prep -> dit3d-vae -> encode -> dit3d -> samples per class -> study."""
     fit = fit_latent_grid(args.spacing)   # fail before any work on a grid the DiT cannot patch
-    demo = Demo(args, 7)
+    demo = Demo(args, 8)
     code = demo.cohort_and_store(datasets=["demo-epilepsy"], modalities=["T1w"], splits=DIT3D_SPLITS,
                                  stratify="label")
     if code:
         return code
     runs, store = demo.runs, demo.store
-    with demo.step("dit3d-vae", "stage A: training the tiny VAE-GAN (dit3d-vae, configs/dit3d-vae_tiny.yaml, "
-                                f"{' '.join(DIT3D_TRAINING['dit3d-vae'])})"):
+    with demo.step("dit3d-vae", f"stage A: training the tiny VAE-GAN (dit3d-vae, configs/{DIT3D_CONFIGS['dit3d-vae']})"):
         if fit:
             print(f"{args.spacing:g} mm grid {demo_shape(args.spacing)}: {fit[0]} so the DiT patches tile the latents")
-        code = demo.train("dit3d-vae", "dit3d-vae_tiny.yaml", *DIT3D_TRAINING["dit3d-vae"], *fit)
+        code = demo.train("dit3d-vae", DIT3D_CONFIGS["dit3d-vae"], *fit)
     if code:
         return code
     latents = demo.out / "latents.zarr"
     with demo.step("encode", f"encoding the store into {latents} (posterior means, scaled by s_z)"):
         encode_store(runs / "dit3d-vae", store, latents, batch_size=4)
-    with demo.step("dit3d", "stage B: training the tiny class-conditional DiT-3D (dit3d, configs/dit3d_tiny.yaml, "
-                            f"{' '.join(DIT3D_TRAINING['dit3d'])})"):
-        code = demo.train("dit3d", "dit3d_tiny.yaml", *DIT3D_TRAINING["dit3d"], f"recipe.latents={latents}")
+    with demo.step("dit3d", "stage B: training the tiny class-conditional DiT-3D "
+                            f"(dit3d, configs/{DIT3D_CONFIGS['dit3d']})"):
+        code = demo.train("dit3d", DIT3D_CONFIGS["dit3d"], f"recipe.latents={latents}")
     if code:
         return code
     samples = demo.out / "samples"
@@ -92,6 +88,10 @@ def run_dit3d_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(samples, ignore_errors=True)   # the sampler appends; a rerun starts the cohort afresh
         generate(DiT3dSampleConfig(run=str(runs / "dit3d"), out=str(samples), n=n, cfg=float(args.cfg),
                                    batch_size=8, seed=int(args.seed), steps=args.sample_steps or None))
+    fidelity = demo.out / "eval" / "fidelity"
+    with demo.step("fidelity", f"sample fidelity + memorization audit into {fidelity} (no weights)"):
+        result, _ = run_fidelity(store, samples, fidelity)
+        print(f"[fidelity] {headline(result)}", flush=True)
     study = demo.out / "study"
     n_slices = study_slices(args.spacing)
     if args.arch == "tiny":
@@ -113,6 +113,7 @@ def run_dit3d_demo(args: argparse.Namespace) -> int:
         ("latents", str(latents)),
         ("DiT-3D run", f"{runs / 'dit3d'}   (export/dit.safetensors + dit.json)"),
         ("samples", f"{samples}   (NIfTI + previews/*.png + samples.csv, {n} per class)"),
+        ("fidelity", f"{fidelity}   (fidelity.json, fidelity.md, nearest_training.png)"),
         ("study", f"{study}   (metrics.md, metrics.json)"),
     ])
 

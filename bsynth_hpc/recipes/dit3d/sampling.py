@@ -26,8 +26,8 @@ import torch
 from ...diffusion import build_process, sample
 from ...engine.export import load_exported
 from ...errors import ConfigError
-from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, output_space, store_affine,
-                              write_samples, write_samples_csv)
+from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, output_space, sample_title,
+                              store_affine, write_samples, write_samples_csv)
 from ..common.provenance import check_decoder_matches, training_store
 from ..common.sampling import SampleConfig
 from .ldm import load_dit_info
@@ -141,7 +141,9 @@ def generate(config: DiT3dSampleConfig) -> list[Path]:
             vol = decode_latents(vae, z.to(next(vae.parameters()).dtype), volume_shape, tile)
             vol = vol.float().clamp(0, 1).cpu().numpy()
             names = [f"dit3d_{existing + start + i:04d}_{c}" for i, c in enumerate(chunk)]
-            paths += write_samples([v[0] for v in vol], affine, out_dir, names, space=space)
+            titles = [sample_title(n, {"class": c, "modality": modality, "CFG": scale, "seed": seed})
+                      for n, c in zip(names, chunk)]
+            paths += write_samples([v[0] for v in vol], affine, out_dir, names, space=space, titles=titles)
             for i, (name, c) in enumerate(zip(names, chunk)):
                 rows.append({"path": f"{name}.nii.gz", "modality": modality, "label": c, "class_id": classes.index(c),
                              "seed": seed, "index_in_batch": i, "guidance": scale, "solver": solver, "steps": steps,

@@ -37,8 +37,8 @@ from ...data.metadata import FIELDS, encode_metadata, parse_metadata
 from ...diffusion import DiffusionConfig, build_process, sample
 from ...engine.export import load_exported
 from ...errors import ConfigError
-from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, output_space, write_samples,
-                              write_samples_csv)
+from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, output_space, sample_title,
+                              write_samples, write_samples_csv)
 from ..common.provenance import check_decoder_matches, training_store
 from ..common.sampling import SampleConfig
 
@@ -217,7 +217,9 @@ def generate(config: WFDMSampleConfig) -> list[Path]:
             vol = decode_latents(vae, z, volume_shape, tile)
         vol = vol.float().clamp(0, 1).cpu()
         names = [f"sample-{c['seed']:04d}_{c['modality']}" for c in chunk]
-        paths += write_samples(vol[:, 0], affine, out, names, space=out_space)
+        titles = [sample_title(n, {"modality": c["modality"], "label": c["label"], "CFG": guidance, **c["raw"]})
+                  for n, c in zip(names, chunk)]
+        paths += write_samples(vol[:, 0], affine, out, names, space=out_space, titles=titles)
         if opts.trajectory and res.intermediates:
             with torch.no_grad():
                 frames = [vae.decode(x.float() / float(scale), volume_shape).float().clamp(0, 1).cpu()
