@@ -154,6 +154,7 @@ setup(
         "bsynth_hpc.recipes": [
             "wfdm = bsynth_hpc.recipes.wfdm:RECIPE",
             "dit3d = bsynth_hpc.recipes.dit3d:RECIPE",
+            "clinical = bsynth_hpc.recipes.clinical:RECIPE",
         ],
     },
 )

@@ -18,7 +18,7 @@ from bsynth_hpc.engine.registry import get_recipe
 from engine_support import REPO, explain, make_store, metrics, run, subprocess_env, write_config
 
 LAUNCHERS = REPO / "launchers"
-SLURM_SCRIPTS = ("wfdm.slurm", "dit3d.slurm")
+SLURM_SCRIPTS = ("wfdm.slurm", "dit3d.slurm", "clinical.slurm")
 SHELL_LIBRARIES = ("slurm_recipe.sh", "slurm_pipeline.sh", "slurm_train.sh", "single_gpu.sh")
 
 FAKE_SRUN = r"""#!/usr/bin/env bash

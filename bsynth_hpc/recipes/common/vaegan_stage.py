@@ -111,9 +111,7 @@ class VAEGANStage(Stage):
         super().__init__(config, info)
         self.perceptual_mode = "off"
         perceptual = self._build_perceptual() if config.perceptual_weight > 0 else None
-        weights = VAEGANWeights(recon=config.recon_weight, kl=config.kl_weight, perceptual=config.perceptual_weight,
-                                adversarial=config.adv_weight)
-        self.criterion = VAEGANLoss(weights, perceptual=perceptual, adversarial=config.adversarial)
+        self.criterion = self.build_criterion(perceptual)
 
     # ------------------------------------------------------------------ hooks
     @abstractmethod
@@ -175,24 +173,42 @@ class VAEGANStage(Stage):
         return {}
 
     # ------------------------------------------------------------------ losses
+    perceptual_network: ClassVar[str] = "AlexNet"
+    perceptual_label: ClassVar[str] = "LPIPS"
+    """The perceptual network and loss named in the smoke-mode warning."""
+    perceptual_kind: ClassVar[str] = "lpips"
+    """``perceptual`` of the export sidecar when real weights are loaded."""
+
+    def build_criterion(self, perceptual: nn.Module | None) -> VAEGANLoss:
+        """The generator/discriminator objective (default: :class:`VAEGANLoss` with the config's weights)."""
+        c = self.config
+        weights = VAEGANWeights(recon=c.recon_weight, kl=c.kl_weight, perceptual=c.perceptual_weight,
+                                adversarial=c.adv_weight)
+        return VAEGANLoss(weights, perceptual=perceptual, adversarial=c.adversarial)
+
+    def perceptual_loss(self, s: PerceptualConfig) -> nn.Module:
+        """The perceptual loss module of ``recipe.perceptual`` (default: LPIPS on tri-planar slices)."""
+        return SlicePerceptualLoss(s.weights, slices_per_plane=s.slices_per_plane, allow_random=s.allow_random,
+                                   weights_option="recipe.perceptual.weights=",
+                                   allow_random_option="recipe.perceptual.allow_random=true")
+
     def _build_perceptual(self) -> nn.Module:
         s: PerceptualConfig = self.config.perceptual
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # a random smoke trunk is the same network on every rank and every resume
-            loss = SlicePerceptualLoss(s.weights, slices_per_plane=s.slices_per_plane, allow_random=s.allow_random,
-                                       weights_option="recipe.perceptual.weights=",
-                                       allow_random_option="recipe.perceptual.allow_random=true")
+            loss = self.perceptual_loss(s)
         info = getattr(loss, "weights_info", None)
         if info is not None and getattr(info, "random", False):
             self.perceptual_mode = "random-smoke"
-            msg = (f"[{self.name}] perceptual loss: RANDOM AlexNet trunk (perceptual.allow_random smoke mode) - its "
-                   "values are not LPIPS; install the LPIPS weights for real training")
+            label = self.perceptual_label
+            msg = (f"[{self.name}] perceptual loss: RANDOM {self.perceptual_network} trunk (perceptual.allow_random "
+                   f"smoke mode) - its values are not {label}; install the {label} weights for real training")
             if msg not in _ANNOUNCED:
                 log.warning(msg)
                 print(msg, flush=True)
                 _ANNOUNCED.add(msg)
         else:
-            self.perceptual_mode = "lpips"
+            self.perceptual_mode = self.perceptual_kind
         return loss
 
     def setup(self, device: torch.device) -> None:
@@ -245,13 +261,21 @@ class VAEGANStage(Stage):
         return out
 
     # ------------------------------------------------------------------ validation
+    def mean_reconstruction(self, vae: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """(input, posterior-mean reconstruction, posterior) of a batch; a conditional recipe overrides it to
+        pass its condition."""
+        x = batch["image"]
+        posterior = vae.encode(x)
+        return x, vae.decode(posterior.mean, x.shape[2:]), posterior
+
     def preview(self, batch: Batch, ctx: StepContext, path: Path) -> Path | None:
         """Input | posterior-mean reconstruction | error of the batch's first volume (middle slices), and
         the folder's overview.png refreshed: every step's preview in one grid, so training is seen at once."""
-        x = batch["image"][:1]
+        first = {k: v[:1] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
         vae = bare_module(ctx.models["vae"])
         with torch.no_grad():
-            recon = vae.decode(vae.encode(x).mean, x.shape[2:]).float().clamp(0, 1)
+            x, recon, _ = self.mean_reconstruction(vae, first)
+            recon = recon.float().clamp(0, 1)
         written = recon_figure(x[0, 0].float().cpu().numpy(), recon[0, 0].cpu().numpy(), path,
                                f"{self.name} step {ctx.step}: validation reconstruction")
         write_overview(Path(path).parent, f"{self.name}: validation reconstructions by step", pattern="step-*.png")
@@ -260,10 +284,9 @@ class VAEGANStage(Stage):
     def validation_step(self, batch: Batch, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Per-volume ``l1`` and ``psnr`` of the posterior-mean reconstruction (+ ``loss``, see the
         module docstring)."""
-        x = batch["image"]
         vae = bare_module(ctx.models["vae"])
-        posterior = vae.encode(x)
-        recon = vae.decode(posterior.mean, x.shape[2:]).float()
+        x, recon, posterior = self.mean_reconstruction(vae, batch)
+        recon = recon.float()
         diff = (recon.clamp(0, 1) if self.clamp_validation else recon) - x.float()
         l1 = per_sample_mean(diff.abs())
         mse = per_sample_mean(diff ** 2)
