@@ -155,6 +155,7 @@ setup(
             "wfdm = bsynth_hpc.recipes.wfdm:RECIPE",
             "dit3d = bsynth_hpc.recipes.dit3d:RECIPE",
             "clinical = bsynth_hpc.recipes.clinical:RECIPE",
+            "slice2d = bsynth_hpc.recipes.slice2d:RECIPE",
         ],
     },
 )

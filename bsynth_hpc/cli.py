@@ -115,6 +115,8 @@ BENCHMARKS = {  # `bsynth bench NAME [options]` -> the module whose main(argv) r
     "dit3d": "benchmarks.dit3d",                        # DiT-3D window vs global, ZeRO vs DDP, DDPM vs DDIM
     "dwconv": "benchmarks.depthwise_conv3d",            # csrc depthwise 3D conv extension vs F.conv3d(groups=C)
     "gpu": "benchmarks.gpu_suite",                      # the one prepared GPU suite (<= 8 min on one H100/H200)
+    "slice2d-ablation": "benchmarks.slice2d_ablation",  # 001 FFT / CutMix / adaptive stop, 004 CFG at equal budget
+    "slice2d-throughput": "benchmarks.slice2d_throughput",  # slices/s, s per DDIM-50 sample, 6 GB memory proof
 }
 
 

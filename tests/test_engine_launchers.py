@@ -18,7 +18,7 @@ from bsynth_hpc.engine.registry import get_recipe
 from engine_support import REPO, explain, make_store, metrics, run, subprocess_env, write_config
 
 LAUNCHERS = REPO / "launchers"
-SLURM_SCRIPTS = ("wfdm.slurm", "dit3d.slurm", "clinical.slurm")
+SLURM_SCRIPTS = ("wfdm.slurm", "dit3d.slurm", "clinical.slurm", "slice2d.slurm")
 SHELL_LIBRARIES = ("slurm_recipe.sh", "slurm_pipeline.sh", "slurm_train.sh", "single_gpu.sh")
 
 FAKE_SRUN = r"""#!/usr/bin/env bash
@@ -127,7 +127,8 @@ def _pipeline_env(fake_slurm, tmp_path):
 
 
 @pytest.mark.parametrize("script, stages", [("wfdm.slurm", ["wfdm-vae", "encode", "wfdm-ldm", "sample-eval"]),
-                                            ("dit3d.slurm", ["dit3d-vae", "encode", "dit3d", "sample-study"])])
+                                            ("dit3d.slurm", ["dit3d-vae", "encode", "dit3d", "sample-study"]),
+                                            ("slice2d.slurm", ["slice2d-vae", "encode", "slice2d-ldm", "sample-eval"])])
 def test_slurm_pipeline_submits_a_dependent_chain(fake_slurm, tmp_path, script, stages):
     env, log = _pipeline_env(fake_slurm, tmp_path)
     proc = subprocess.run(["bash", str(LAUNCHERS / script)], env=env, capture_output=True, text=True, timeout=60)

@@ -20,7 +20,8 @@ from bsynth_hpc.eval.fidelity import FidelityConfig, RealReference, evaluate_fid
 from bsynth_hpc.eval.fidelity_metrics import (brain_mask, dice, kmeans_1d, otsu_threshold, pearson, same_family,
                                               tissue_masks, tissue_order_check)
 from bsynth_hpc.eval.io import open_store_set
-from bsynth_hpc.eval.memorization import CopyRule, Neighbour, flag_copies, ssim_many
+from bsynth_hpc.eval.memorization import (CopyRule, Neighbour, closer_than_heldout, flag_copies, nearest_training,
+                                         ssim_many)
 from bsynth_hpc.eval.ssim import ssim
 
 SHAPE = (32, 36, 28)
@@ -151,6 +152,31 @@ def test_copy_rule_closed_form():
                Neighbour(0.95, 0, 0.7, 0)]
     assert flag_copies(samples, rule) == [False, True, True, False]
     assert flag_copies(samples, None) == [None] * 4
+    # with the subject-specific reference: close AND subject-specific is a copy; close but average is not
+    rule = CopyRule(corr=0.95, ssim=0.7, n_reference=3, residual=0.5)
+    samples = [Neighbour(0.96, 0, 0.6, 0, 0.9, 0), Neighbour(0.96, 0, 0.6, 0, 0.2, 0),
+               Neighbour(0.90, 0, 0.6, 0, 0.9, 0)]
+    assert flag_copies(samples, rule) == [True, False, False]
+    assert closer_than_heldout(samples, rule) == [True, True, False]
+
+
+def test_average_brain_is_close_but_not_a_copy_and_a_noisy_copy_is():
+    """The confound the residual measure removes: the training mean is nearer to a training volume than a
+    held-out subject is, yet reproduces nobody; a training volume with a little noise reproduces one."""
+    rng = np.random.default_rng(0)
+    base = rng.random((12, 12, 12))
+    train = [base + 0.3 * rng.standard_normal(base.shape) for _ in range(6)]
+    mean = np.mean(train, axis=0)
+    heldout = base + 0.3 * rng.standard_normal(base.shape)
+    average = mean + 0.01 * rng.standard_normal(base.shape)
+    noisy_copy = train[2] + 0.05 * rng.standard_normal(base.shape)
+    ref = nearest_training(heldout, train, ssim_candidates=2, mean=mean)
+    rule = CopyRule(corr=ref.corr, ssim=ref.ssim, n_reference=1, residual=ref.residual_corr)
+    avg, cop = (nearest_training(v, train, ssim_candidates=2, mean=mean) for v in (average, noisy_copy))
+    assert avg.corr > ref.corr                      # closer than the held-out subject ...
+    assert avg.residual_corr < ref.residual_corr    # ... but not like any one training subject
+    assert cop.residual_index == 2 and cop.residual_corr > 0.95
+    assert flag_copies([avg, cop], rule) == [False, True]
 
 
 # ---------------------------------------------------------------------------------------- known answers
@@ -207,7 +233,7 @@ def test_cli_end_to_end(store, known, tmp_path, capsys):
     assert {r["sample"] for r in data["samples"]} == {"copy_T1w", "heldout_T1w", "new_T2w", "wrong_T2w"}
     pooled = data["summary"]["samples"]["pooled"]
     assert pooled["contrast_identified"]["fraction_passing"] == pytest.approx(0.75)
-    assert pooled["copies"] == {"n_flagged": 1, "n_judged": 4}
+    assert pooled["copies"] == {"n_flagged": 1, "n_judged": 4, "n_closer_than_heldout": 1}
     md = (out / "fidelity.md").read_text()
     assert "| copy_T1w | T1w |" in md and "Flagged: **1 of 4**" in md
     w, h = Image.open(out / "nearest_training.png").size

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 from ..argtypes import device_name, int_at_least, output_folder
 from ..errors import ConfigError
+from ..recipes.slice2d.evaluate_cli import add_slice2d_eval_parser
 from .clinical_cli import add_clinical_eval_parser
 
 DEPTHS = (10, 18, 34, 50)
@@ -94,6 +95,7 @@ def add_eval_parser(sub: Any) -> None:
 
     _add_fidelity(ev)
     add_clinical_eval_parser(ev)
+    add_slice2d_eval_parser(ev)
 
     r = ev.add_parser("recon", help="a compressor on held-out volumes: PSNR/SSIM/MS-SSIM/LPIPS/MSE (seed 003)",
                       description="Reconstruction fidelity of a compressor on a store split: per-volume PSNR, "

@@ -21,6 +21,11 @@ fidelity.md and nearest_training.png (see :mod:`.fidelity_figure`). The training
 memory (the audit compares every sample with each of them): fine for demo-sized stores; at 1 mm about
 27 MB per volume.
 
+2D: with a slice store (``bsynth prep --slices-from``) as ``--real`` the same measures run on slices
+(:mod:`.fidelity_slices`): real slices mapped from the store's value range to [0, 1], the samples of a
+``bsynth sample slice2d`` folder (PNG or 2D NIfTI listed in samples.csv), the means over the training slices
+(pixel for pixel: slices keep the store's image order), 2D SSIM in the memorization audit.
+
 Other commands (``bsynth demo``) call :func:`run_fidelity` and print :func:`headline`.
 """
 from __future__ import annotations
@@ -36,10 +41,12 @@ import numpy as np
 from ..data.store import VolumeStore
 from ..errors import InputError, StoreError
 from .fidelity_figure import neighbour_grid
+from .fidelity_slices import is_slice_store, open_slice_samples, open_slice_store_set
 from .fidelity_metrics import (EDGE_MM, FAMILY, REFERENCE_CONTRASTS, brain_mask, dice, identify_contrast, pearson,
                                same_family, tissue_masks, tissue_means, tissue_order_check)
 from .io import SIDECAR_NAMES, VolumeSet, open_nifti_set, open_store_set
-from .memorization import DEFAULT_SSIM_CANDIDATES, Neighbour, audit, copy_rule, flag_copies, percentile_within
+from .memorization import (DEFAULT_SSIM_CANDIDATES, Neighbour, audit, closer_than_heldout, copy_rule, flag_copies,
+                           percentile_within)
 from .report import provenance, write_json
 
 PASS_CORR = 0.90
@@ -95,12 +102,17 @@ def open_samples(folder: Path, shape: Sequence[int], spacing: Sequence[float]) -
     return samples
 
 
+def _open_split(path: Path, split: str) -> VolumeSet:
+    """One split of a volume store, or of a slice store (mapped to [0, 1])."""
+    return open_slice_store_set(path, split=split) if is_slice_store(path) else open_store_set(path, split=split)
+
+
 def _open_splits(path: Path, splits: Sequence[str]) -> list[tuple[str, VolumeSet]]:
     """Each named split of the store that has volumes (a split without any is skipped)."""
     out = []
     for split in splits:
         try:
-            out.append((split, open_store_set(path, split=split)))
+            out.append((split, _open_split(path, split)))
         except StoreError as exc:
             if "no volumes" not in str(exc):
                 raise
@@ -182,7 +194,8 @@ def _memorization(rows: list[dict[str, Any]], volumes: Sequence[np.ndarray], rea
     neighbours: list[Neighbour] = []
     for modality in sorted({r["modality"] for r in rows}):
         idx = [i for i, r in enumerate(rows) if r["modality"] == modality]
-        found = audit([volumes[i] for i in idx], real.volumes[modality], ssim_candidates, log, f"{modality} {what}")
+        found = audit([volumes[i] for i in idx], real.volumes[modality], ssim_candidates, log, f"{modality} {what}",
+                      mean=np.asarray(real.means[modality], dtype=np.float64))
         for i, n in zip(idx, found):
             rows[i].update(n.as_dict(real.ids[modality]))
             rows[i]["_neighbour"] = n
@@ -217,11 +230,14 @@ def summarize(rows: Sequence[Mapping[str, Any]], config: FidelityConfig) -> dict
            "contrast_identified": _fraction([r["contrast_ok"] for r in rows]),
            "tissue_order": _fraction([r.get("tissue_ok") for r in rows]),
            "nearest_train_corr": _stats([r.get("nearest_train_corr") for r in rows]),
-           "nearest_train_ssim": _stats([r.get("nearest_train_ssim") for r in rows])}
+           "nearest_train_ssim": _stats([r.get("nearest_train_ssim") for r in rows]),
+           "nearest_train_residual_corr": _stats([r.get("nearest_train_residual_corr") for r in rows])}
     flags = [r.get("copy") for r in rows if "copy" in r]
     if flags:
         known = [f for f in flags if f is not None]
-        out["copies"] = {"n_flagged": int(sum(known)), "n_judged": len(known)}
+        close = [c for c in (r.get("closer_than_heldout") for r in rows) if c is not None]
+        out["copies"] = {"n_flagged": int(sum(known)), "n_judged": len(known),
+                         "n_closer_than_heldout": int(sum(close))}
     return out
 
 
@@ -248,8 +264,9 @@ def evaluate_fidelity(store: Path, samples_dir: Path, config: FidelityConfig, lo
     """Fidelity and memorization of the samples in ``samples_dir`` against ``store`` (module docstring)."""
     say = log or (lambda _msg: None)
     spacing = _store_spacing(store)
-    train = open_store_set(store, split=config.train_split)
-    fake = open_samples(samples_dir, train.shape, spacing)
+    train = _open_split(store, config.train_split)
+    slices = is_slice_store(store)
+    fake = open_slice_samples(samples_dir, train.shape) if slices else open_samples(samples_dir, train.shape, spacing)
     heldout = _open_splits(store, config.heldout_splits)
     say(f"real: {len(train)} {config.train_split} volumes, "
         f"{sum(len(s) for _, s in heldout)} held-out ({', '.join(n for n, _ in heldout) or 'none'}); "
@@ -274,8 +291,10 @@ def evaluate_fidelity(store: Path, samples_dir: Path, config: FidelityConfig, lo
     sample_nn = _memorization(sample_rows, fake_vols, real, config.ssim_candidates, log, "samples")
     rule = copy_rule(held_nn)
     ref_corr, ref_ssim = [n.corr for n in held_nn], [n.ssim for n in held_nn]
-    for row, n, flag in zip(sample_rows, sample_nn, flag_copies(sample_nn, rule)):
+    for row, n, flag, close in zip(sample_rows, sample_nn, flag_copies(sample_nn, rule),
+                                   closer_than_heldout(sample_nn, rule)):
         row["copy"] = flag
+        row["closer_than_heldout"] = close
         row["nearest_train_corr_percentile_of_heldout"] = percentile_within(n.corr, ref_corr)
         row["nearest_train_ssim_percentile_of_heldout"] = percentile_within(n.ssim, ref_ssim)
 
@@ -287,12 +306,15 @@ def evaluate_fidelity(store: Path, samples_dir: Path, config: FidelityConfig, lo
                             "heldout": {n: s.describe() for n, s in heldout}, **real.describe()},
                    "generated": fake.describe()},
         "memorization": {"copy_rule": rule.as_dict() if rule else None,
-                         "ssim": "3D SSIM (MONAI), Gaussian window sigma 1.5, data range 1; against the "
+                         "ssim": f"{2 if slices else 3}D SSIM (MONAI), Gaussian window sigma 1.5, data range 1; "
+                                 "against the "
                                  + ("all training volumes" if config.ssim_candidates <= 0 else
                                     f"{config.ssim_candidates} best-correlated training volumes") + " of the modality",
                          "heldout_nearest_train": [{"volume_id": r["volume_id"], "split": r["split"],
                                                     "modality": r["modality"], "corr": r["nearest_train_corr"],
-                                                    "ssim": r["nearest_train_ssim"]} for r in held_rows]},
+                                                    "ssim": r["nearest_train_ssim"],
+                                                    "residual_corr": r.get("nearest_train_residual_corr")}
+                                                   for r in held_rows]},
         "summary": {"samples": grouped_summaries(sample_rows, config),
                     "real_heldout": grouped_summaries(held_rows, config) if held_rows else None},
         "samples": sample_rows,
@@ -326,6 +348,7 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("tissue_order", "fraction", "tissue-contrast order holds"),
     ("nearest_train_corr", "median", "nearest training volume: correlation"),
     ("nearest_train_ssim", "median", "nearest training volume: SSIM"),
+    ("nearest_train_residual_corr", "median", "nearest training volume: subject-specific r (deviations from the mean)"),
 )
 
 
@@ -342,14 +365,17 @@ def fidelity_markdown(result: Mapping[str, Any], figure: str | None) -> str:
     copies = s.get("copies", {})
     lines += ["", "## Memorization", ""]
     if rule:
-        lines.append(f"Rule: {rule['rule']} (max_corr {rule['max_corr']:.4f}, max_ssim {rule['max_ssim']:.4f}, "
-                     f"{rule['n_reference']} held-out volumes). Flagged: **{copies.get('n_flagged', 0)} of "
-                     f"{copies.get('n_judged', 0)}** samples.")
+        residual = "" if rule.get("max_residual") is None else f", max_residual {rule['max_residual']:.4f}"
+        lines.append(f"Rule: {rule['rule']} (max_corr {rule['max_corr']:.4f}, max_ssim {rule['max_ssim']:.4f}"
+                     f"{residual}, {rule['n_reference']} held-out volumes). Flagged: **{copies.get('n_flagged', 0)} of "
+                     f"{copies.get('n_judged', 0)}** samples; closer to a training volume than any held-out volume "
+                     f"(correlation or SSIM alone, which an average brain also is): "
+                     f"{copies.get('n_closer_than_heldout', 0)}.")
     else:
         lines.append("No held-out real volumes: copies cannot be judged.")
     lines += ["", "## Per sample", "",
               "| sample | modality | class | r(modality) | r(class) | Dice | identified | tissue | nearest train (r) | "
-              "r | SSIM | copy |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "r | SSIM | residual r | copy |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["samples"]:
         def f(x: Any) -> str:
             return "-" if x is None else f"{x:.3f}"
@@ -357,6 +383,7 @@ def fidelity_markdown(result: Mapping[str, Any], figure: str | None) -> str:
                      f"{f(r['corr_class'])} | {f(r['dice'])} | {r['identified']} | "
                      f"{'ok' if r.get('tissue_ok') else 'no' if 'tissue_ok' in r else '-'} | "
                      f"{r['nearest_train_by_corr']} | {f(r['nearest_train_corr'])} | {f(r['nearest_train_ssim'])} | "
+                     f"{f(r.get('nearest_train_residual_corr'))} | "
                      f"{'-' if r['copy'] is None else 'YES' if r['copy'] else 'no'} |")
     if figure:
         lines += ["", f"![samples next to their nearest training volume]({Path(figure).name})"]
@@ -387,8 +414,10 @@ def write_fidelity(outcome: FidelityResult, out: Path, arguments: Mapping[str, A
     figure = None
     if outcome.figure_rows:
         figure = neighbour_grid(outcome.figure_rows, out / "nearest_training.png",
-                                "Samples (left: axial, coronal, sagittal) | "
-                                "nearest training volume by correlation (right)")
+                                ("Samples (left) | nearest training slice by correlation (right)"
+                                 if outcome.figure_rows[0][1].ndim == 2 else
+                                 "Samples (left: axial, coronal, sagittal) | "
+                                 "nearest training volume by correlation (right)"))
     full = {"provenance": provenance(arguments), **outcome.result,
             "figures": [str(figure)] if figure else []}
     paths = {"json": write_json(full, out / "fidelity.json")}

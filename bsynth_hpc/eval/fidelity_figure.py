@@ -29,8 +29,9 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _panel(volume: np.ndarray, plane: str) -> Image.Image:
-    """A middle slice in display orientation (RAS: second axis up), scaled to fit PANEL x PANEL."""
-    img = np.asarray(middle_slice(volume, plane), dtype=np.float32).T[::-1]
+    """A middle slice in display orientation (RAS: second axis up), or a 2D slice as stored (slice stores are
+    in display orientation), scaled to fit PANEL x PANEL."""
+    img = np.asarray(volume if np.ndim(volume) == 2 else middle_slice(volume, plane).T[::-1], dtype=np.float32)
     im = Image.fromarray((np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), mode="L")
     s = PANEL / max(im.size)
     im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.Resampling.BILINEAR)
@@ -40,8 +41,10 @@ def _panel(volume: np.ndarray, plane: str) -> Image.Image:
 
 
 def neighbour_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
-    """Write the grid of (row title, sample, nearest training volume) rows to ``path``."""
-    cols = 2 * len(PLANES)
+    """Write the grid of (row title, sample, nearest training volume) rows to ``path`` (one panel per side for
+    2D slices, three planes for volumes)."""
+    planes = PLANES if not rows or np.ndim(rows[0][1]) == 3 else ("slice",)
+    cols = 2 * len(planes)
     gap = 3 * PAD
     width = PAD + cols * (PANEL + PAD) + gap
     row_h = ROW_TITLE + PANEL + PAD
@@ -51,8 +54,8 @@ def neighbour_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Pat
     for r, (label, sample, neighbour) in enumerate(rows):
         y = TITLE + r * row_h
         draw.text((PAD, y + 3), label, fill=(160, 0, 0) if "COPY" in label else (0, 0, 0), font=_font(14))
-        for c, (volume, plane) in enumerate([(sample, p) for p in PLANES] + [(neighbour, p) for p in PLANES]):
-            x = PAD + c * (PANEL + PAD) + (gap if c >= len(PLANES) else 0)
+        for c, (volume, plane) in enumerate([(sample, p) for p in planes] + [(neighbour, p) for p in planes]):
+            x = PAD + c * (PANEL + PAD) + (gap if c >= len(planes) else 0)
             im.paste(_panel(volume, plane), (x, y + ROW_TITLE))
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)

@@ -26,7 +26,7 @@ __all__ = ["DEMO", "run_wfdm_demo"]
 
 def run_wfdm_demo(args: argparse.Namespace) -> int:
     """Seed 003 (WFDM): cohort -> prep -> wfdm-vae -> encode -> wfdm-ldm -> sample -> eval."""
-    demo = Demo(args, 7)
+    demo = Demo(args, 8)
     code = demo.cohort_and_store()
     if code:
         return code
