@@ -10,6 +10,7 @@ field name), so the sampler never sees argparse and programs call it with the da
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import math
 import os
@@ -18,8 +19,9 @@ from typing import Any, Literal, TypeVar
 
 from ...argtypes import device_name, existing_file, float_at_least, int_at_least, output_folder, tile_size
 from ...configtools import from_mapping, require
+from ...errors import ConfigError
 
-__all__ = ["SampleConfig", "add_sample_options", "Solver", "Space", "Intensity"]
+__all__ = ["SampleConfig", "add_sample_options", "requested_classes", "Solver", "Space", "Intensity"]
 
 Solver = Literal["euler", "ddpm", "ddim"]
 Space = Literal["store", "native"]
@@ -101,3 +103,24 @@ def add_sample_options(parser: argparse.ArgumentParser) -> None:
                    help="--space native grid: a NIfTI scan, or a volume id of the training store (its source "
                         "scan's grid as prep recorded it; default the store's first volume)")
     p.add_argument("--device", type=device_name, default=None, help="auto | cpu | cuda | cuda:N")
+
+
+def requested_classes(conditions: str | None, class_label: str | None, n: int, classes: list[str]) -> list[str]:
+    """The class of each sample of a class-conditional sampler: one per row of the ``--conditions`` CSV (its
+    ``class`` or ``label`` column), else ``n`` of ``--class``, else ``n`` of every class; matched to the
+    model's class names case-insensitively."""
+    if conditions:
+        with open(conditions, newline="", encoding="utf-8") as fh:
+            labels = [(r.get("class") or r.get("label") or "").strip() for r in csv.DictReader(fh)]
+        if not labels or any(not lab for lab in labels):
+            raise ConfigError(f"{conditions}: every row needs a 'class' (or 'label') column value")
+    elif class_label:
+        labels = [str(class_label)] * n
+    else:
+        labels = [c for c in classes for _ in range(n)]
+    lower = {c.lower(): c for c in classes}
+    bad = [lab for lab in labels if lab.lower() not in lower]
+    if bad:
+        raise ConfigError(f"class {bad[0]!r} is not one of the model's classes {classes}: use --class "
+                          f"{' or '.join(classes)}")
+    return [lower[lab.lower()] for lab in labels]

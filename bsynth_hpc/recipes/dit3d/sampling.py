@@ -14,7 +14,6 @@ so ``bsynth eval synth`` reads the folder as a labelled synthetic cohort.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from ...errors import ConfigError
 from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, output_space, sample_title,
                               store_affine, write_samples, write_samples_csv)
 from ..common.provenance import check_decoder_matches, training_store
-from ..common.sampling import SampleConfig
+from ..common.sampling import SampleConfig, requested_classes
 from .ldm import load_dit_info
 
 __all__ = ["DiT3dSampleConfig", "add_dit3d_sample_options", "generate"]
@@ -52,27 +51,6 @@ def _log(msg: str) -> None:
     print(f"[sample dit3d] {msg}", flush=True)
 
 
-def _requested_labels(config: DiT3dSampleConfig, classes: list[str]) -> list[str]:
-    if config.conditions:
-        with open(config.conditions, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        labels = [(r.get("class") or r.get("label") or "").strip() for r in rows]
-        if not labels or any(not lab for lab in labels):
-            raise ConfigError(f"{config.conditions}: every row needs a 'class' (or 'label') column value")
-    elif config.class_label:
-        labels = [str(config.class_label)] * config.n
-    else:
-        labels = [c for c in classes for _ in range(config.n)]
-    lower = {c.lower(): c for c in classes}
-    out = []
-    for lab in labels:
-        if lab.lower() not in lower:
-            raise ConfigError(f"class {lab!r} is not one of the model's classes {classes}: use --class "
-                              f"{' or '.join(classes)}")
-        out.append(lower[lab.lower()])
-    return out
-
-
 def _affine_and_shape(info: dict[str, Any], vae_meta: dict[str, Any]) -> tuple[np.ndarray, tuple[int, ...] | None]:
     affine, shape = info.get("affine"), info.get("volume_shape")
     if affine is None:
@@ -93,7 +71,7 @@ def generate(config: DiT3dSampleConfig) -> list[Path]:
     info = load_dit_info(opts.run)
     classes: list[str] = info["classes"]
     dcfg = info["diffusion"]
-    labels = _requested_labels(opts, classes)
+    labels = requested_classes(opts.conditions, opts.class_label, opts.n, classes)
     solver = opts.solver or dcfg.solver
     if solver not in ("ddpm", "ddim"):
         raise ConfigError(f"--solver {solver}: the dit3d model is a DDPM; use ddpm or ddim")

@@ -18,7 +18,6 @@ steps, steps_taken) and OUT/sampling.json (steps actually taken per batch when e
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from ...errors import ConfigError
 from ...eval.figures import write_overview
 from ..common.outputs import continue_numbering, sample_title, write_nifti, write_samples, write_samples_csv
 from ..common.provenance import check_decoder_matches
-from ..common.sampling import SampleConfig
+from ..common.sampling import SampleConfig, requested_classes
 from .figures import grid_figure, trajectory_grid
 from .ldm import load_slice2d_info
 
@@ -83,21 +82,7 @@ def requested_labels(config: Slice2dSampleConfig, classes: list[str]) -> list[st
         if config.class_label or config.conditions:
             raise ConfigError("this slice2d run is unconditional (001 mode): --class and --conditions do not apply")
         return [None] * config.n
-    if config.conditions:
-        with open(config.conditions, newline="", encoding="utf-8") as fh:
-            labels = [(r.get("class") or r.get("label") or "").strip() for r in csv.DictReader(fh)]
-        if not labels or any(not lab for lab in labels):
-            raise ConfigError(f"{config.conditions}: every row needs a 'class' (or 'label') column value")
-    elif config.class_label:
-        labels = [str(config.class_label)] * config.n
-    else:
-        labels = [c for c in classes for _ in range(config.n)]
-    lower = {c.lower(): c for c in classes}
-    bad = [lab for lab in labels if lab.lower() not in lower]
-    if bad:
-        raise ConfigError(f"class {bad[0]!r} is not one of the model's classes {classes}: use --class "
-                          f"{' or '.join(classes)}")
-    return [lower[lab.lower()] for lab in labels]
+    return list(requested_classes(config.conditions, config.class_label, config.n, classes))
 
 
 def slice_affine(spacing: Sequence[float] | None) -> np.ndarray:
