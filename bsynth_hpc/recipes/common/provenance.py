@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ...data.latent_cache import LatentCache
-from ...engine.export import export_paths, read_sidecar
+from ...engine.export import export_paths, load_exported, read_sidecar
 from ...errors import ConfigError, StoreError
 
 __all__ = ["training_store", "export_weights_sha256", "check_cache_matches_export", "check_cache_is_current",
@@ -76,3 +76,17 @@ def check_decoder_matches(denoiser_sidecar: Mapping[str, Any], where: str, vae_m
             f"{_short(current)} (retrained or another run): decoding would give wrong volumes. Pass --compressor-run "
             "with the original compressor run, or re-encode and retrain the denoiser")
 
+
+
+def load_compressor(denoiser_meta: Mapping[str, Any], where: str, compressor_run: str | Path | None, device: Any,
+                    stage: str) -> tuple[Any, dict[str, Any], str]:
+    """The stage-A compressor that decodes a denoiser's latents: ``compressor_run`` (``--compressor-run``) or the
+    run the denoiser's record names, its export (``compressor_export``, default ``vae``) loaded on ``device``
+    and checked against the weights the latents came from. Returns (model, its sidecar, the run used)."""
+    run = compressor_run or denoiser_meta.get("compressor_run")
+    if not run or not Path(run).is_dir():
+        found = f"compressor run {run!r} not found" if run else f"{where}.json records no compressor run"
+        raise ConfigError(f"{found}: pass --compressor-run RUN (the {stage} run whose latents trained this model)")
+    model, meta = load_exported(run, denoiser_meta.get("compressor_export") or "vae", device)
+    check_decoder_matches(denoiser_meta, where, meta, run)
+    return model, meta, str(run)

@@ -27,7 +27,7 @@ from ...engine.export import load_exported
 from ...errors import ConfigError
 from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, output_space, sample_title,
                               store_affine, write_samples, write_samples_csv)
-from ..common.provenance import check_decoder_matches, training_store
+from ..common.provenance import load_compressor, training_store
 from ..common.sampling import SampleConfig, requested_classes
 from .ldm import load_dit_info
 
@@ -77,13 +77,9 @@ def generate(config: DiT3dSampleConfig) -> list[Path]:
         raise ConfigError(f"--solver {solver}: the dit3d model is a DDPM; use ddpm or ddim")
     steps = opts.steps or dcfg.sampling.steps or (dcfg.num_train_timesteps if solver == "ddpm" else 50)
     scale = float(opts.cfg if opts.cfg is not None else dcfg.sampling.guidance_scale)
-    compressor_run = opts.compressor_run or info.get("compressor_run")
-    if not compressor_run or not Path(compressor_run).is_dir():
-        raise ConfigError(f"compressor run {compressor_run!r} not found: pass --compressor-run RUN_VAE (the "
-                          "dit3d-vae run whose latents trained this model)")
     model, _ = load_exported(opts.run, "dit", device)
-    vae, vae_meta = load_exported(compressor_run, info.get("compressor_export") or "vae", device)
-    check_decoder_matches(info, f"{opts.run}/export/dit", vae_meta, compressor_run)
+    vae, vae_meta, compressor_run = load_compressor(info, f"{opts.run}/export/dit", opts.compressor_run, device,
+                                                    "dit3d-vae")
     modality = "+".join(info["modalities"])
     space = output_space(opts.space, opts.intensity, opts.reference,
                          training_store(info["sidecar"]["config"]["recipe"].get("latents"), vae_meta))

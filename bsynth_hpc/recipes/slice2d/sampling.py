@@ -36,7 +36,7 @@ from ...engine.export import load_exported
 from ...errors import ConfigError
 from ...eval.figures import write_overview
 from ..common.outputs import continue_numbering, sample_title, write_nifti, write_samples, write_samples_csv
-from ..common.provenance import check_decoder_matches
+from ..common.provenance import load_compressor
 from ..common.sampling import SampleConfig, requested_classes
 from .figures import grid_figure, trajectory_grid
 from .ldm import load_slice2d_info
@@ -131,13 +131,9 @@ def generate(config: Slice2dSampleConfig) -> list[Path]:
     scale = float(opts.cfg if opts.cfg is not None else dcfg.sampling.guidance_scale) if classes else 1.0
     threshold = opts.early_stop if opts.early_stop is not None else info.get("early_stop")
     threshold = threshold or None  # 0 = off
-    compressor_run = opts.compressor_run or info.get("compressor_run")
-    if not compressor_run or not Path(compressor_run).is_dir():
-        raise ConfigError(f"compressor run {compressor_run!r} not found: pass --compressor-run RUN_VAE (the "
-                          "slice2d-vae run whose latents trained this model)")
     model, _ = load_exported(opts.run, "unet", device)
-    vae, vae_meta = load_exported(compressor_run, info.get("compressor_export") or "vae", device)
-    check_decoder_matches(info, f"{opts.run}/export/unet", vae_meta, compressor_run)
+    vae, vae_meta, compressor_run = load_compressor(info, f"{opts.run}/export/unet", opts.compressor_run, device,
+                                                    "slice2d-vae")
     value_range = vae_meta.get("value_range") or (-1.0, 1.0)
     s_z = float(info.get("latent_scale") or vae_meta.get("latent_scale") or 1.0)
     slice_shape = info.get("slice_shape")

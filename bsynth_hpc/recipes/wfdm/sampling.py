@@ -39,7 +39,7 @@ from ...engine.export import load_exported
 from ...errors import ConfigError
 from ..common.outputs import (continue_numbering, decode_latents, decode_tile_from_env, output_space, sample_title,
                               write_samples, write_samples_csv)
-from ..common.provenance import check_decoder_matches, training_store
+from ..common.provenance import load_compressor, training_store
 from ..common.sampling import SampleConfig
 
 __all__ = ["WFDMSampleConfig", "add_wfdm_sample_options", "generate", "sample_wfdm", "parse_meta_arg",
@@ -158,11 +158,7 @@ def generate(config: WFDMSampleConfig) -> list[Path]:
     run, out, steps, solver, cfg, overwrite = opts.run, opts.out, opts.steps, opts.solver, opts.cfg, opts.overwrite
     dev = _device(opts.device)
     unet, meta_b = load_exported(run, "unet", dev)
-    comp_run = opts.compressor_run or meta_b.get("compressor_run")
-    if not comp_run:
-        raise ConfigError(f"{run}/export/unet.json records no compressor run: pass --compressor-run RUN_A")
-    vae, meta_a = load_exported(comp_run, meta_b.get("compressor_export") or "vae", dev)
-    check_decoder_matches(meta_b, f"{run}/export/unet", meta_a, comp_run)
+    vae, meta_a, comp_run = load_compressor(meta_b, f"{run}/export/unet", opts.compressor_run, dev, "wfdm-vae")
     out_space = output_space(opts.space, opts.intensity, opts.reference, training_store(meta_b.get("latents"), meta_a))
     if out_space is not None:
         _log(f"output space: {opts.space} grid, {opts.intensity} intensities, from {out_space.what}")
