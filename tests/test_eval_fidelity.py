@@ -268,3 +268,45 @@ def test_one_contrast_family_store_does_not_judge_contrast():
     assert row["identified"] is None and row["contrast_ok"] is None and row["tissue_ok"]
     with pytest.raises(InputError, match="no T2w volume"):
         volume_row(phantom(9, "T2w"), "T2w", None, real)
+
+
+def test_slices_are_compared_with_the_mean_of_their_level():
+    """Two slice levels with different anatomy: the pooled mean fits neither, the per-level mean fits each,
+    and ``matched_level`` names the level a slice came from."""
+    from bsynth_hpc.eval.io import VolumeRef, VolumeSet
+
+    grid = np.stack(np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 40), indexing="ij"))
+    rng = np.random.default_rng(0)
+
+    def level_slice(level: int) -> np.ndarray:
+        r2 = (grid ** 2).sum(0)
+        head = r2 < (0.8 if level == 0 else 0.3)  # a slice through the ventricles vs one near the vertex
+        inner = r2 < 0.15 if level == 0 else np.abs(grid[0]) < 0.1
+        v = np.where(head, 0.6, 0.0) + np.where(inner & head, 0.3, 0.0)
+        return np.clip(v + np.where(head, rng.normal(0, 0.02, v.shape), 0.0), 0, 1).astype(np.float32)
+
+    slices = [level_slice(k % 2) for k in range(10)]
+    refs = [VolumeRef(volume_id=f"s{k}", modality="FLAIR", label=None, source=f"s{k}", level=k % 2) for k in range(10)]
+    train = VolumeSet(path=Path("mem"), kind="slices", refs=refs, shape=(40, 40, 1),
+                      loader=lambda ref: slices[int(ref.volume_id[1:])])
+    real = RealReference.from_set(train, (1.0, 1.0))
+    assert set(real.level_means["FLAIR"]) == {0, 1}
+    np.testing.assert_allclose(real.level_means["FLAIR"][1], np.mean(slices[1::2], axis=0), rtol=1e-6)
+    pooled_dice = []
+    for level in (0, 1):
+        probe = level_slice(level)
+        row = volume_row(probe, "FLAIR", None, real)
+        assert row["matched_level"] == level
+        assert row["corr_modality"] == pytest.approx(pearson(probe, real.level_means["FLAIR"][level]))
+        assert row["corr_modality"] > 0.99 > pearson(probe, real.means["FLAIR"]) + 0.05
+        assert row["dice"] > 0.99
+        pooled_dice.append(dice(brain_mask(probe), real.masks["FLAIR"]))
+    assert min(pooled_dice) < 0.9  # the pooled mask is one level's head outline, wrong for the other
+    volumes = RealReference.from_set(replace_levels(train), (1.0, 1.0))
+    assert volumes.level_means == {} and "matched_level" not in volume_row(slices[0], "FLAIR", None, volumes)
+
+
+def replace_levels(train):
+    """The same set with no slice levels (a 3D store): the modality mean is the reference."""
+    from dataclasses import replace
+    return replace(train, refs=[replace(r, level=None) for r in train.refs])

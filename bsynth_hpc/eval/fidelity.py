@@ -24,7 +24,9 @@ memory (the audit compares every sample with each of them): fine for demo-sized 
 2D: with a slice store (``bsynth prep --slices-from``) as ``--real`` the same measures run on slices
 (:mod:`.fidelity_slices`): real slices mapped from the store's value range to [0, 1], the samples of a
 ``bsynth sample slice2d`` folder (PNG or 2D NIfTI listed in samples.csv), the means over the training slices
-(pixel for pixel: slices keep the store's image order), 2D SSIM in the memorization audit.
+(pixel for pixel: slices keep the store's image order), 2D SSIM in the memorization audit. Slices at different
+levels share no mean, so ``corr_modality`` and ``dice`` use the per-level training mean (slices grouped by their
+``slice_index``) that the slice correlates with best, for samples and held-out real slices alike (``matched_level``).
 
 Other commands (``bsynth demo``) call :func:`run_fidelity` and print :func:`headline`.
 """
@@ -131,12 +133,16 @@ class RealReference:
     tissues: dict[str, np.ndarray] | None
     tissue_source: str | None
     spacing: tuple[float, ...]
+    level_means: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    """Slice stores: per modality, the mean of the training slices at each slice level (index along the axis)."""
+    level_masks: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def from_set(cls, train: VolumeSet, spacing: Sequence[float]) -> "RealReference":
         volumes: dict[str, list[np.ndarray]] = defaultdict(list)
         ids: dict[str, list[str]] = defaultdict(list)
         by_class: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+        by_level: dict[str, dict[int, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
         for i, ref in enumerate(train.refs):
             if ref.modality is None:
                 continue
@@ -145,16 +151,37 @@ class RealReference:
             ids[ref.modality].append(ref.volume_id)
             if ref.label is not None:
                 by_class[(ref.modality, ref.label)].append(v)
+            if ref.level is not None:
+                by_level[ref.modality][ref.level].append(v)
+        level_means = {m: {k: np.mean(vs, axis=0) for k, vs in sorted(levels.items())}
+                       for m, levels in by_level.items()}
         means = {m: np.mean(vs, axis=0) for m, vs in volumes.items()}
         source = next((m for m in REFERENCE_CONTRASTS if m in means), None)
         tissues = tissue_masks(means[source], spacing) if source else None
         return cls(volumes=dict(volumes), ids=dict(ids), means=means,
                    class_means={k: np.mean(vs, axis=0) for k, vs in by_class.items()},
                    masks={m: brain_mask(v) for m, v in means.items()}, tissues=tissues, tissue_source=source,
-                   spacing=tuple(spacing))
+                   spacing=tuple(spacing), level_means=level_means,
+                   level_masks={m: {k: brain_mask(v) for k, v in levels.items()} for m, levels in level_means.items()})
+
+    def own_mean(self, volume: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """The real mean a volume of ``modality`` is compared with, its brain mask and (slices) its level.
+
+        Volumes: the training mean of the modality (the volumes are aligned). Slices: the training slices are
+        aligned only level by level (an axial slice through the ventricles and one through the cerebellum share
+        no mean), so a slice is compared with the per-level mean it correlates with best, the level a real slice
+        of unknown position would be placed at."""
+        levels = self.level_means.get(modality)
+        if not levels:
+            return self.means[modality], self.masks[modality], None
+        best = max(levels, key=lambda k: pearson(volume, levels[k]))
+        return levels[best], self.level_masks[modality][best], int(best)
 
     def describe(self) -> dict[str, Any]:
-        return {"train_volumes": {m: len(v) for m, v in self.volumes.items()},
+        levels = ({"slice_levels": {m: len(v) for m, v in self.level_means.items()},
+                   "slice_reference": "each slice is compared with the mean (and its Otsu mask) of the training "
+                                      "slices at the level it correlates with best"} if self.level_means else {})
+        return {**levels, "train_volumes": {m: len(v) for m, v in self.volumes.items()},
                 "classes": sorted({f"{m}/{c}" for m, c in self.class_means}),
                 "tissue_masks": None if self.tissues is None else {
                     "method": f"3-class 1D k-means of the training {self.tissue_source} mean inside its Otsu brain "
@@ -172,15 +199,18 @@ def volume_row(volume: np.ndarray, modality: str, label: str | None, real: RealR
     identified, corrs = identify_contrast(volume, real.means)
     if len({FAMILY.get(m, m) for m in real.means}) < 2:  # one contrast family only: nothing to tell apart
         identified = None
+    own, own_mask, level = real.own_mean(volume, modality)
     row: dict[str, Any] = {
         "modality": modality, "label": label,
-        "corr_modality": pearson(volume, real.means[modality]),
+        "corr_modality": pearson(volume, own),
         "corr_class": pearson(volume, real.class_means[(modality, label)]) if (modality, label) in real.class_means
         else None,
-        "dice": dice(brain_mask(volume), real.masks[modality]),
+        "dice": dice(brain_mask(volume), own_mask),
         "identified": identified, "contrast_ok": None if identified is None else same_family(identified, modality),
         "corr_by_modality": corrs,
     }
+    if level is not None:
+        row["matched_level"] = level
     if real.tissues is not None:
         means = tissue_means(volume, real.tissues)
         rule, ok = tissue_order_check(modality, means)

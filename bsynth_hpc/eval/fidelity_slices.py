@@ -41,8 +41,10 @@ def open_slice_store_set(path: Path, split: str | None = None) -> VolumeSet:
     """The slices of one split of a slice store, read lazily and mapped to [0, 1]."""
     ds = VolumeDataset(path, split=split)
     lo, hi = _value_range(path)
+    store = VolumeStore(path)
     refs = [VolumeRef(volume_id=e.volume_id, modality=e.modality, label=e.label,
-                      source=f"{path}/volumes/{e.volume_id}", subject=e.subject) for e in ds.entries]
+                      source=f"{path}/volumes/{e.volume_id}", subject=e.subject,
+                      level=_slice_index(store.record(e.volume_id))) for e in ds.entries]
     index = {e.volume_id: i for i, e in enumerate(ds.entries)}
 
     def load(ref: VolumeRef) -> np.ndarray:
@@ -50,6 +52,11 @@ def open_slice_store_set(path: Path, split: str | None = None) -> VolumeSet:
 
     return VolumeSet(path=path, kind="zarr-slices", refs=refs, shape=tuple(ds.shape), split=split,  # type: ignore
                      loader=load)
+
+
+def _slice_index(record: dict) -> int | None:
+    index = record.get("slice_index")
+    return None if index is None else int(index)
 
 
 def read_slice_image(path: str) -> np.ndarray:

@@ -49,6 +49,8 @@ class VolumeRef:
     label: str | None
     source: str
     subject: str | None = None
+    level: int | None = None
+    """Slice stores: the slice's index along its axis in the source volume (``slice_index``); None otherwise."""
 
 
 @dataclass
