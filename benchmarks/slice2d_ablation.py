@@ -6,8 +6,9 @@ tiny slice VAE and one latent cache shared by every arm; each arm's LDM (configs
 trained for the same ``--ldm-steps`` from the same seed and data order; only the arm's change differs:
 
 =================  =================================================================================
-baseline           ε-MSE, no CutMix, DDIM without early stop (001's ablation baseline)
-+fft               + 0.1 · FFT loss (|FFT| amplitudes: 001's complex Eq. 4 equals the MSE by Parseval)
+baseline           denoising MSE (the tiny config's v prediction), no CutMix, DDIM without early stop
++fft               + 0.1 · FFT loss on the prediction (|FFT| amplitudes: 001's complex Eq. 4 equals the MSE by
+                   Parseval)
 +cutmix            + latent CutMix p = 0.25
 +adaptive-stop     the baseline model sampled with the early stop at ‖ε̂‖ < ``--early-stop`` (001: 0.05)
 004 cfg-off        class-conditional model (label dropout 0.1, balanced batches), guidance 1
