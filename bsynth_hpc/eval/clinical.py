@@ -8,9 +8,9 @@ OUT/clinical.md + figures.
 * **Independent ROI check** (``--labels``: the cohort's label maps; :mod:`.clinical_roi`): CSF volume in the
   ventricle region and tissue volume in the hippocampal region of generated volumes vs the requested ratios
   (Pearson r, 002 Fig. 4), with the same measurement on real volumes as the reference.
-* **Controllability**: one z decoded with the ventricle ratio swept from the training 5th to 95th percentile,
-  for CN and AD (``controllability.png``); with ``--labels`` the measured CSF volume per step and whether it
-  rises monotonically.
+* **Controllability**: one noise draw ε decoded (z = μ_p(c) + σ_p(c) ε, Algorithm 3) with the ventricle ratio
+  swept from the training 5th to 95th percentile, for CN and AD (``controllability.png``); with ``--labels``
+  the measured CSF volume per step and whether it rises monotonically.
 * **Prior fidelity** (``--prior-run``; :mod:`.clinical_prior`): KDE overlap per feature, PCA (002 Fig. 5).
 * **Image quality**: FID on 3D ResNet-18 (MedicalNet) features of generated vs real volumes, tri-planar SSIM
   and LPIPS (32 slices per plane, capped by the cube side) of posterior-mean reconstructions of the real ones.
@@ -93,25 +93,26 @@ def _generate(gen: Any, raw: np.ndarray, seed: int, batch: int) -> np.ndarray:
 
 def ventricle_sweep(gen: Any, train_raw: np.ndarray, steps: int, seed: int, atlas: Any = None
                     ) -> tuple[dict[str, Any], list[tuple[str, list[tuple[str, np.ndarray]]]]]:
-    """One z (drawn from p(z|c) at the training mean, CN) decoded with both ventricle ratios set to evenly spaced
-    training quantiles (5 % -> 95 %), for CN and AD: the requested totals, measured CSF (with an atlas) and the
-    figure rows."""
+    """Both ventricle ratios set to evenly spaced training quantiles (5 % -> 95 %, the other features at the
+    training mean), for CN and AD, each decoded as Algorithm 3 does it with one fixed noise draw ε shared by every
+    step: z_k = μ_p(c_k) + σ_p(c_k) ε, x_k = g(z_k, c_k). "The same z" of 002's figure is the same ε; a z frozen
+    at one c would cut the path by which the learned prior carries c into the latent. Returns the requested
+    totals, measured CSF (with an atlas) and the figure rows."""
 
     base = np.asarray([*train_raw[:, :6].mean(0), 0.0], dtype=np.float32)
     qs = np.linspace(0.05, 0.95, steps)
     vent = {i: np.quantile(train_raw[:, i], qs) for i in (4, 5)}
     device = next(gen.model.parameters()).device
-    c0 = gen.normalizer.normalize(torch.from_numpy(base[None]).to(device))
-    with torch.inference_mode():
-        mu, logvar = gen.model.prior(c0)
-    g = torch.Generator().manual_seed(seed)
-    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g).to(device)
+    eps = torch.randn((1, gen.model.config.latent_dim), generator=torch.Generator().manual_seed(seed)).to(device)
     result: dict[str, Any] = {"quantiles": qs.tolist()}
     rows = []
     for label in (0.0, 1.0):
         raw = np.repeat(base[None], steps, axis=0)
         raw[:, 4], raw[:, 5], raw[:, 6] = vent[4], vent[5], label
-        vols = decode_clinical(gen.model, gen.normalizer, torch.from_numpy(raw), z=z.repeat(steps, 1)).cpu().numpy()
+        with torch.inference_mode():
+            mu, logvar = gen.model.prior(gen.normalizer.normalize(torch.from_numpy(raw).to(device)))
+        z = mu + torch.exp(0.5 * logvar) * eps.to(mu.dtype)
+        vols = decode_clinical(gen.model, gen.normalizer, torch.from_numpy(raw), z=z).cpu().numpy()
         name = "AD" if label else "CN"
         entry: dict[str, Any] = {"requested_ventricles": (raw[:, 4] + raw[:, 5]).tolist()}
         if atlas is not None:
@@ -215,7 +216,7 @@ def _markdown(res: dict[str, Any]) -> str:
         lines.append("")
     sweep = res.get("controllability", {})
     if sweep:
-        lines += ["## Controllability (same z, ventricle ratio swept; controllability.png)", ""]
+        lines += ["## Controllability (same ε, ventricle ratio swept; controllability.png)", ""]
         for lab in ("CN", "AD"):
             e = sweep.get(lab, {})
             if "measured_csf" in e:
@@ -289,7 +290,7 @@ def cmd_eval_clinical(args: argparse.Namespace) -> int:
     sweep, rows = ventricle_sweep(gen, train_raw, args.sweep, args.seed, atlas)
     result["controllability"] = sweep
     figures = [trajectory_figure(rows, out / "controllability.png",
-                                 "same z, ventricle ratio swept low -> high (rows: CN, AD)", plane="coronal")]
+                                 "same ε, ventricle ratio swept low -> high (rows: CN, AD)", plane="coronal")]
     if gen.prior is not None:
 
         draws = gen.draw(args.prior_samples, torch.Generator().manual_seed(args.seed + 1), steps=args.steps,

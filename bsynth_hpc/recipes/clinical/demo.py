@@ -1,7 +1,7 @@
 """``bsynth demo --recipe clinical`` (seed 002): the demo-dementia cohort (CN / AD, T1w) -> prep -> clinical-aux
 (frozen heads) -> clinical (VAE-GAN) -> clinical-prior -> samples with c given and c from the prior ->
 ``bsynth eval clinical`` with the cohort's label maps, ending with the consistency table (002 Table 4) and the
-controllability figure (one z, ventricle ratio swept low -> high, CN and AD) with the CSF volume measured in the
+controllability figure (one noise draw, ventricle ratio swept low -> high, CN and AD) with the CSF volume measured in the
 template's ventricle region at each step.
 
 Sizes are the tiny configs (32^3 cube, random EfficientNet-B0 / FID / LPIPS networks: smoke mode, stated in the
