@@ -21,7 +21,7 @@ nearest-real SSIM, inter-sample pixel variance and pairwise RMS distance (001 cl
 power-spectrum distance to the real slices, DDIM steps actually taken, the weight-free fidelity (correlation and
 Dice against the real slice mean), and for 004 the conditioning accuracy of a classifier trained on real slices.
 
-    python -m benchmarks.slice2d_ablation --allow-random-features           # about 20 min on 2 idle CPU cores
+    python -m benchmarks.slice2d_ablation --allow-random-features           # about 9 min on 2 CPU cores (497 s measured)
     bsynth bench slice2d-ablation --ldm-steps 3000 --n 64 --inception-weights pt_inception-2015-12-05.pth
 """
 from __future__ import annotations
