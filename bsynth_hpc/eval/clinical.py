@@ -102,17 +102,13 @@ def ventricle_sweep(gen: Any, train_raw: np.ndarray, steps: int, seed: int, atla
     base = np.asarray([*train_raw[:, :6].mean(0), 0.0], dtype=np.float32)
     qs = np.linspace(0.05, 0.95, steps)
     vent = {i: np.quantile(train_raw[:, i], qs) for i in (4, 5)}
-    device = next(gen.model.parameters()).device
-    eps = torch.randn((1, gen.model.config.latent_dim), generator=torch.Generator().manual_seed(seed)).to(device)
+    eps = torch.randn((1, gen.model.config.latent_dim), generator=torch.Generator().manual_seed(seed))
     result: dict[str, Any] = {"quantiles": qs.tolist()}
     rows = []
     for label in (0.0, 1.0):
         raw = np.repeat(base[None], steps, axis=0)
         raw[:, 4], raw[:, 5], raw[:, 6] = vent[4], vent[5], label
-        with torch.inference_mode():
-            mu, logvar = gen.model.prior(gen.normalizer.normalize(torch.from_numpy(raw).to(device)))
-        z = mu + torch.exp(0.5 * logvar) * eps.to(mu.dtype)
-        vols = decode_clinical(gen.model, gen.normalizer, torch.from_numpy(raw), z=z).cpu().numpy()
+        vols = decode_clinical(gen.model, gen.normalizer, torch.from_numpy(raw), eps=eps).cpu().numpy()
         name = "AD" if label else "CN"
         entry: dict[str, Any] = {"requested_ventricles": (raw[:, 4] + raw[:, 5]).tolist()}
         if atlas is not None:

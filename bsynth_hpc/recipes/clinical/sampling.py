@@ -93,13 +93,17 @@ def load_vaegan(run: str | Path, device: torch.device) -> tuple[nn.Module, Clini
 
 
 def decode_clinical(model: nn.Module, normalizer: ClinicalNormalizer, raw: torch.Tensor,
-                    generator: torch.Generator | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
-    """Algorithm 3 lines 4-5 for raw vectors (N, 7): z ~ p(z|c) (or the given ``z``), x̂ = g(z, c) in [0, 1]."""
+                    generator: torch.Generator | None = None, z: torch.Tensor | None = None,
+                    eps: torch.Tensor | None = None) -> torch.Tensor:
+    """Algorithm 3 lines 4-5 for raw vectors (N, 7): z = μ_p(c) + σ_p(c) ε with ε ~ N(0, I) drawn from
+    ``generator`` (or the given ``eps``, broadcast over N), or the given ``z``; x̂ = g(z, c) in [0, 1]."""
     device = next(model.parameters()).device
     c = normalizer.normalize(raw.to(device).float())
     if z is None:
-        mu, logvar = model.prior(c)
-        eps = torch.randn(mu.shape, generator=generator, device=generator.device if generator else "cpu")
+        with torch.inference_mode():
+            mu, logvar = model.prior(c)
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=generator.device if generator else "cpu")
         z = mu + torch.exp(0.5 * logvar) * eps.to(device, mu.dtype)
     with torch.inference_mode():
         return model.decode(z.to(device), c).float().clamp(0, 1)
