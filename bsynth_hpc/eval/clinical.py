@@ -286,7 +286,8 @@ def cmd_eval_clinical(args: argparse.Namespace) -> int:
     sweep, rows = ventricle_sweep(gen, train_raw, args.sweep, args.seed, atlas)
     result["controllability"] = sweep
     figures = [trajectory_figure(rows, out / "controllability.png",
-                                 "same ε, ventricle ratio swept low -> high (rows: CN, AD)", plane="coronal")]
+                                 "one noise draw (eps), ventricle ratio swept low -> high (rows: CN, AD)",
+                                 plane="coronal")]
     if gen.prior is not None:
 
         draws = gen.draw(args.prior_samples, torch.Generator().manual_seed(args.seed + 1), steps=args.steps,

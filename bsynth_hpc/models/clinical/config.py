@@ -5,7 +5,8 @@
 128-D latent and a 4-channel flattening of the 16^3 map are chosen so that the VAE-GAN lands near the
 8.1 M parameters of 002 Table 2 ("+ Clinical conditions"); the 13.2 M of the full row are that plus the
 5.3 M of EfficientNet-B0 (its perceptual network). ``tiny`` is a 32^3 model for tests and the demo
-(``image_size=16`` works too). ``conditioning=False`` is the unconditional ablation (encoder without c,
+(``image_size=16`` works too): three widths to an 8^3 grid (a 4^3 grid holds too little anatomy at these widths)
+with a learned output template (``output_template``). ``conditioning=False`` is the unconditional ablation (encoder without c,
 constant style, N(0, I) prior, unconditional discriminator); ``separable=False`` the standard-convolution one.
 """
 from __future__ import annotations
@@ -47,6 +48,11 @@ class ClinicalModelConfig:
     disc_max_channels: int = 512
     aux_widths: tuple[int, ...] = (64, 128, 256, 512)
     aux_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    output_template: bool = False
+    """Add a learned per-voxel output bias (zero-init) to the decoder: the cohort's mean anatomy is then learned
+    once, and the spatially shared modulated convolutions only model each subject's departure from it. Not in
+    002; the tiny preset uses it because its 8-to-32 widths cannot draw a brain from a 4-channel map in a
+    demo's few hundred steps (measured: val L1 0.036 -> 0.028 at 500 steps on demo-dementia)."""
     checkpointing: bool = False
     """Activation checkpointing of the encoder/decoder/aux-head blocks (recomputed in backward; 128^3 at
     64 channels keeps 0.5 GB per activation and sample)."""
@@ -98,9 +104,9 @@ class ClinicalModelConfig:
 
 CLINICAL_PRESETS: dict[str, ClinicalModelConfig] = {
     "full": ClinicalModelConfig(),
-    "tiny": ClinicalModelConfig(image_size=32, latent_dim=16, encoder_channels=(8, 16, 32, 64), flat_channels=2,
-                                clinical_embed_dim=16, decoder_channels=(64, 32, 16, 8), w_dim=32, mapping_layers=2,
-                                prior_hidden=32, disc_channels=8, disc_layers=2, disc_max_channels=64,
+    "tiny": ClinicalModelConfig(image_size=32, latent_dim=16, encoder_channels=(8, 16, 32), flat_channels=8,
+                                clinical_embed_dim=16, decoder_channels=(32, 16, 8), w_dim=32, mapping_layers=2,
+                                prior_hidden=32, output_template=True, disc_channels=8, disc_layers=2, disc_max_channels=64,
                                 aux_widths=(8, 16, 32, 64), aux_blocks=(1, 1, 1, 1)),
 }
 

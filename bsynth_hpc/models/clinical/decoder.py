@@ -8,7 +8,8 @@ produces the reconstructed 3-D MRI."
 
 z -> Linear -> an ``init_channels`` map on the 1/8 grid; a first stage at that resolution (SC -> sd_c3),
 then one stage per further width (trilinear x2 upsample -> SC -> sd_c3), each modulated convolution
-followed by a bias and LeakyReLU(0.2) as in StyleGAN2; a final 1x1x1 convolution. Without clinical
+followed by a bias and LeakyReLU(0.2) as in StyleGAN2; a final 1x1x1 convolution, plus (``output_template``,
+not in 002) a learned zero-initialised per-voxel bias that carries the cohort's mean anatomy. Without clinical
 conditioning (the ablation rows of 002 Table 2) the style is a learned constant instead of MLP(c); with
 ``separable=False`` (the "3D VAE(-GAN)" rows) sd_c3 is a modulated standard 3x3x3 convolution.
 """
@@ -50,7 +51,8 @@ class ClinicalStyleDecoder3d(nn.Module):
 
     def __init__(self, image_size: int, latent_dim: int, channels: tuple[int, ...] = (512, 256, 128, 64),
                  out_channels: int = 1, init_channels: int = 4, w_dim: int = 128, mapping_layers: int = 3,
-                 clinical_dim: int = CLINICAL_DIM, conditional: bool = True, separable: bool = True) -> None:
+                 clinical_dim: int = CLINICAL_DIM, conditional: bool = True, separable: bool = True,
+                 output_template: bool = False) -> None:
         super().__init__()
         factor = 2 ** (len(channels) - 1)
         if image_size % factor:
@@ -68,6 +70,8 @@ class ClinicalStyleDecoder3d(nn.Module):
         self.stages = nn.ModuleList([StyleStage3d(a, b, w_dim, upsample=i > 0, separable=separable)
                                      for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))])
         self.out = nn.Conv3d(channels[-1], out_channels, 1)
+        self.template = (nn.Parameter(torch.zeros(1, out_channels, image_size, image_size, image_size))
+                         if output_template else None)
 
     def style(self, c: torch.Tensor | None, batch: int) -> torch.Tensor:
         """The style code w (B, w_dim): MLP(c), or the learned constant of the unconditional ablation."""
@@ -83,4 +87,5 @@ class ClinicalStyleDecoder3d(nn.Module):
         x = self.fc(z).reshape(z.shape[0], self.init_channels, g, g, g)
         for stage in self.stages:
             x = stage(x, w.to(x.dtype))
-        return self.out(x)
+        x = self.out(x)
+        return x if self.template is None else x + self.template.to(x.dtype)

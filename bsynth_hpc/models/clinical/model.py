@@ -55,7 +55,7 @@ class ClinicalVAEGAN(nn.Module):
                                  if cfg.conditioning else StandardNormalPrior(cfg.latent_dim))
         self.decoder = ClinicalStyleDecoder3d(cfg.image_size, cfg.latent_dim, cfg.decoder_channels, cfg.in_channels,
                                               cfg.flat_channels, cfg.w_dim, cfg.mapping_layers, cfg.clinical_dim,
-                                              cfg.conditioning, cfg.separable)
+                                              cfg.conditioning, cfg.separable, cfg.output_template)
         xavier_init(self)
         set_activation_checkpointing(self, cfg.checkpointing)
 
