@@ -117,6 +117,7 @@ BENCHMARKS = {  # `bsynth bench NAME [options]` -> the module whose main(argv) r
     "gpu": "benchmarks.gpu_suite",                      # the one prepared GPU suite (<= 8 min on one H100/H200)
     "slice2d-ablation": "benchmarks.slice2d_ablation",  # 001 FFT / CutMix / adaptive stop, 004 CFG at equal budget
     "slice2d-throughput": "benchmarks.slice2d_throughput",  # slices/s, s per DDIM-50 sample, 6 GB memory proof
+    "clinical-ablation": "benchmarks.clinical_ablation",  # 002 Table 2 rows + Table 4 w/o cls/reg, equal budget
 }
 
 

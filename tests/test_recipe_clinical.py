@@ -325,7 +325,8 @@ def test_table2_rows_and_parameter_counts():
 
 
 def test_ventricle_sweep_decodes_one_noise_draw_through_the_prior_of_each_step():
-    """Algorithm 3 with a shared ε: z_k = μ_p(c_k) + σ_p(c_k) ε, so the prior's c-dependence reaches the latent."""
+    """Algorithm 3 with a shared ε: z_k = μ_p(c_k) + σ_p(c_k) ε, so the prior's c-dependence reaches the latent;
+    each row sweeps its own class's training range (AD ventricles here all larger than CN's)."""
     from types import SimpleNamespace
 
     from bsynth_hpc.eval.clinical import ventricle_sweep
@@ -334,16 +335,17 @@ def test_ventricle_sweep_decodes_one_noise_draw_through_the_prior_of_each_step()
     torch.manual_seed(0)
     model = ClinicalVAEGAN("tiny", image_size=16).eval()
     rng = np.random.default_rng(0)
-    raw = np.c_[rng.uniform(0.002, 0.004, (20, 4)), rng.uniform(0.005, 0.02, (20, 2)), rng.integers(0, 2, 20)]
-    raw = raw.astype(np.float32)
+    label = np.arange(20) % 2
+    vent = np.where(label[:, None] == 1, rng.uniform(0.012, 0.02, (20, 2)), rng.uniform(0.005, 0.01, (20, 2)))
+    raw = np.c_[rng.uniform(0.002, 0.004, (20, 4)), vent, label].astype(np.float32)
     norm = ClinicalNormalizer.fit(raw)
     result, rows = ventricle_sweep(SimpleNamespace(model=model, normalizer=norm), raw, steps=3, seed=7)
     assert [name for name, _ in rows] == ["CN", "AD"]
     eps = torch.randn((1, model.config.latent_dim), generator=torch.Generator().manual_seed(7))
-    base = np.asarray([*raw[:, :6].mean(0), 1.0], dtype=np.float32)
-    req = np.repeat(base[None], 3, axis=0)
+    ad = raw[label == 1]
+    req = np.repeat(np.asarray([*ad[:, :6].mean(0), 1.0], dtype=np.float32)[None], 3, axis=0)
     for i in (4, 5):
-        req[:, i] = np.quantile(raw[:, i], [0.05, 0.5, 0.95])
+        req[:, i] = np.quantile(ad[:, i], [0.05, 0.5, 0.95])
     with torch.inference_mode():
         c = norm.normalize(torch.from_numpy(req))
         mu, logvar = model.prior(c)
@@ -351,3 +353,4 @@ def test_ventricle_sweep_decodes_one_noise_draw_through_the_prior_of_each_step()
     got = np.stack([v for _, v in rows[1][1]])
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(result["AD"]["requested_ventricles"], req[:, 4] + req[:, 5], rtol=1e-6)
+    assert max(result["CN"]["requested_ventricles"]) < (ad[:, 4] + ad[:, 5]).min()   # CN never AD-sized

@@ -9,8 +9,8 @@ OUT/clinical.md + figures.
   ventricle region and tissue volume in the hippocampal region of generated volumes vs the requested ratios
   (Pearson r, 002 Fig. 4), with the same measurement on real volumes as the reference.
 * **Controllability**: one noise draw ε decoded (z = μ_p(c) + σ_p(c) ε, Algorithm 3) with the ventricle ratio
-  swept from the training 5th to 95th percentile, for CN and AD (``controllability.png``); with ``--labels``
-  the measured CSF volume per step and whether it rises monotonically.
+  swept from the 5th to the 95th percentile of each class's training volumes, for CN and AD
+  (``controllability.png``); with ``--labels`` the measured CSF volume per step and whether it rises monotonically.
 * **Prior fidelity** (``--prior-run``; :mod:`.clinical_prior`): KDE overlap per feature, PCA (002 Fig. 5).
 * **Image quality**: FID on 3D ResNet-18 (MedicalNet) features of generated vs real volumes, tri-planar SSIM
   and LPIPS (32 slices per plane, capped by the cube side) of posterior-mean reconstructions of the real ones.
@@ -93,26 +93,27 @@ def _generate(gen: Any, raw: np.ndarray, seed: int, batch: int) -> np.ndarray:
 
 def ventricle_sweep(gen: Any, train_raw: np.ndarray, steps: int, seed: int, atlas: Any = None
                     ) -> tuple[dict[str, Any], list[tuple[str, list[tuple[str, np.ndarray]]]]]:
-    """Both ventricle ratios set to evenly spaced training quantiles (5 % -> 95 %, the other features at the
-    training mean), for CN and AD, each decoded as Algorithm 3 does it with one fixed noise draw ε shared by every
-    step: z_k = μ_p(c_k) + σ_p(c_k) ε, x_k = g(z_k, c_k). "The same z" of 002's figure is the same ε; a z frozen
+    """Both ventricle ratios set to evenly spaced quantiles (5 % -> 95 %) of the training volumes of the row's own
+    class, the other features at that class's mean, for CN and AD: the sweep stays inside the joint support the
+    model was trained on (pooled quantiles put the CN row's top steps at AD-sized ventricles no CN volume has, where
+    a conditional decoder extrapolates). Each step is decoded as Algorithm 3 does it with one fixed noise draw ε
+    shared by every step: z_k = μ_p(c_k) + σ_p(c_k) ε, x_k = g(z_k, c_k). "The same z" of 002's figure is the same ε; a z frozen
     at one c would cut the path by which the learned prior carries c into the latent. Returns the requested
     totals, measured CSF (with an atlas) and the figure rows."""
 
-    base = np.asarray([*train_raw[:, :6].mean(0), 0.0], dtype=np.float32)
     qs = np.linspace(0.05, 0.95, steps)
-    vent = {i: np.quantile(train_raw[:, i], qs) for i in (4, 5)}
     eps = torch.randn((1, gen.model.config.latent_dim), generator=torch.Generator().manual_seed(seed))
     result: dict[str, Any] = {"quantiles": qs.tolist()}
     rows = []
     for label in (0.0, 1.0):
-        raw = np.repeat(base[None], steps, axis=0)
-        raw[:, 4], raw[:, 5], raw[:, 6] = vent[4], vent[5], label
+        own = train_raw[train_raw[:, 6] == label]
+        own = own if len(own) >= 2 else train_raw   # a class with < 2 training volumes has no range of its own
+        raw = np.repeat(np.asarray([*own[:, :6].mean(0), label], dtype=np.float32)[None], steps, axis=0)
+        raw[:, 4], raw[:, 5] = np.quantile(own[:, 4], qs), np.quantile(own[:, 5], qs)
         vols = decode_clinical(gen.model, gen.normalizer, torch.from_numpy(raw), eps=eps).cpu().numpy()
         name = "AD" if label else "CN"
         entry: dict[str, Any] = {"requested_ventricles": (raw[:, 4] + raw[:, 5]).tolist()}
         if atlas is not None:
-
             measured = [measure_rois(v[0], atlas)["ventricles"] for v in vols]
             entry["measured_csf"] = measured
             entry["monotonic"] = bool(np.all(np.diff(measured) >= 0))
@@ -275,7 +276,6 @@ def cmd_eval_clinical(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"protocol": "clinical", "device": str(device), "consistency": consistency}
     atlas = None
     if args.labels:
-
         atlas = build_roi_atlas(args.store, args.labels, side, "train")
         every = ClinicalVolumeDataset(args.store, None, side)  # the measurement's own check: every real volume
         result["roi_check"] = {
@@ -289,7 +289,6 @@ def cmd_eval_clinical(args: argparse.Namespace) -> int:
                                  "one noise draw (eps), ventricle ratio swept low -> high (rows: CN, AD)",
                                  plane="coronal")]
     if gen.prior is not None:
-
         draws = gen.draw(args.prior_samples, torch.Generator().manual_seed(args.seed + 1), steps=args.steps,
                          solver=args.solver).numpy()
         result["prior_fidelity"] = prior_fidelity(train_raw, draws, out)

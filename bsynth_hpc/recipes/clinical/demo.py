@@ -23,10 +23,14 @@ __all__ = ["DEMO", "run_clinical_demo", "CLINICAL_TRAINING"]
 
 CLINICAL_TRAINING: dict[str, tuple[str, ...]] = {
     "clinical-aux": ("engine.max_steps=60", "engine.val_every=30", "engine.ckpt_every=30"),
-    "clinical": ("engine.max_steps=500", "engine.val_every=250", "engine.ckpt_every=250"),
+    "clinical": ("engine.max_steps=1000", "engine.micro_batch=4", "engine.val_every=500", "engine.ckpt_every=500",
+                 "recipe.perceptual_weight=0"),
     "clinical-prior": ("engine.max_steps=400",),
 }
-"""Training lengths of the demo (``--override STAGE:key=value`` changes them)."""
+"""Training lengths of the demo (``--override STAGE:key=value`` changes them). The VAE-GAN stage runs without the
+perceptual term: with no EfficientNet-B0 weights on the machine its features are random (smoke mode), and measured
+on the 16-subject cohort (32^3, 2 CPU cores) 1000 steps at batch 4 without it gave validation L1 0.035 in 467 s,
+where 500 steps at batch 2 with it gave 0.045 in 313 s."""
 
 
 def run_clinical_demo(args: argparse.Namespace) -> int:
