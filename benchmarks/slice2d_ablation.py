@@ -87,7 +87,8 @@ def _train(stage: str, config: str, store: Path, run_dir: Path, *overrides: str)
 
 
 def score(samples: Path, slices: Path, real: list[np.ndarray], real_labels: list[str | None], extractor: Any,
-          classifier: Any, classes: list[str], device: torch.device, out: Path) -> dict[str, Any]:
+          classifier: Any, classes: list[str], device: torch.device, out: Path,
+          standardize: bool = False) -> dict[str, Any]:
     """Every ablation measure of one sample folder (module docstring)."""
     vs = open_slice_samples(samples, real[0].shape)
     fake = [vs.load(i) for i in range(len(vs))]
@@ -96,7 +97,8 @@ def score(samples: Path, slices: Path, real: list[np.ndarray], real_labels: list
     fid, _ = run_fidelity(slices, samples, out / "fidelity")
     pooled = fid["summary"]["samples"]["pooled"]
     summary = json.loads((samples / "sampling.json").read_text())
-    row = {"n": len(fake), "fid": fid_2d(real, fake, extractor, device), "nearest_real_ssim": float(np.mean(ssim)),
+    row = {"n": len(fake), "fid": fid_2d(real, fake, extractor, device, standardize),
+           "nearest_real_ssim": float(np.mean(ssim)),
            "inter_sample_variance": float(np.var(np.stack(fake), axis=0).mean()),
            "pairwise_rms": pairwise_diversity(fake)["rms_distance"],
            "spectrum_distance": spectrum_distance(radial_power_spectrum(real), radial_power_spectrum(fake)),
@@ -107,7 +109,8 @@ def score(samples: Path, slices: Path, real: list[np.ndarray], real_labels: list
         want = np.asarray([classes.index(lab) for lab in labels])
         row["conditioning_accuracy"] = float(np.mean(predict(classifier, fake, device=device) == want))
         row["fid_per_class"] = {c: fid_2d([r for r, lab in zip(real, real_labels) if lab == c],
-                                          [f for f, lab in zip(fake, labels) if lab == c], extractor, device)
+                                          [f for f, lab in zip(fake, labels) if lab == c], extractor, device,
+                                          standardize)
                                 for c in classes}
     return row
 
@@ -117,7 +120,8 @@ def markdown(rows: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             ("pair RMS", "pairwise_rms"), ("spectrum", "spectrum_distance"), ("steps", "mean_steps_taken"),
             ("fid. r", "fidelity_corr_median"), ("fid. Dice", "fidelity_dice_median"),
             ("cond. acc", "conditioning_accuracy")]
-    stamp = " (RANDOM Inception features: FID not comparable)" if meta["random_features"] else ""
+    stamp = (" (RANDOM Inception features, standardised by the real features: FID compares arms only, not "
+             "comparable to published FIDs)") if meta["random_features"] else ""
     lines = [f"# slice2d ablation at equal budget{stamp}", "",
              f"{meta['ldm_steps']} LDM steps per arm, {meta['n']} samples, slices {meta['size']}^2, device "
              f"{meta['device']}.", "", "| arm | " + " | ".join(c for c, _ in cols) + " |",
@@ -182,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             generate(Slice2dSampleConfig(run=str(run), out=str(out), n=args.n, batch_size=16, seed=args.seed,
                                          overwrite=True, trajectory=0, device=str(device), **extra))
             rows[arm] = {"sampling": extra, **score(out, slices, real, real_labels, extractor, classifier,
-                                                    classes if "004" in arm else [], device, out)}
+                                                    classes if "004" in arm else [], device, out,
+                                                    weights.random)}
             print(f"[{PROG}] {arm}: {rows[arm]}", flush=True)
     meta = {"ldm_steps": args.ldm_steps, "vae_steps": args.vae_steps, "n": args.n, "size": args.size,
             "device": str(device), "random_features": weights.random, "seconds": round(time.perf_counter() - t0, 1)}

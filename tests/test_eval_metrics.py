@@ -84,6 +84,22 @@ def test_fid_of_two_gaussian_samples_approaches_the_closed_form():
     assert fid_from_features(x, y) == pytest.approx(exact, abs=0.02)
 
 
+def test_standardised_fid_is_scale_free_and_equals_the_fid_of_the_whitened_features():
+    """Random networks give features of arbitrary scale; standardised by the real set, FID is in real-spread
+    units: unchanged by a per-dimension affine map of both sets, and equal to the plain FID of the mapped sets."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5))
+    y = rng.normal(loc=0.3, size=(300, 5)) @ rng.normal(size=(5, 5))
+    scale, shift = np.array([1e-7, 3e-8, 2e-7, 1e-6, 5e-8]), rng.normal(size=5) * 1e-7
+    tiny_x, tiny_y = x * scale + shift, y * scale + shift
+    std = fid_from_features(x, y, standardize=True)
+    assert fid_from_features(tiny_x, tiny_y, standardize=True) == pytest.approx(std, rel=1e-6)
+    assert fid_from_features(tiny_x, tiny_y) < 1e-10 < std            # the defect it fixes: ~0 raw
+    m, s = x.mean(0), x.std(0)
+    assert std == pytest.approx(fid_from_features((x - m) / s, (y - m) / s), rel=1e-9)
+    assert fid_from_features(x, x.copy(), standardize=True) == pytest.approx(0.0, abs=1e-7)
+
+
 def test_fid_agrees_with_monai_and_streaming_statistics():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(300, 12)), rng.normal(0.2, 1.3, size=(250, 12))

@@ -153,7 +153,6 @@ def _timing(gen: Any, raw: np.ndarray, k: int, steps: int | None, solver: str | 
 
 def _image_quality(args: argparse.Namespace, gen: Any, real: np.ndarray, real_raw: np.ndarray, fake: np.ndarray,
                    device: torch.device) -> tuple[dict[str, Any], list[Any]]:
-
     out: dict[str, Any] = {}
     infos: list[Any] = []
     try:
@@ -161,7 +160,8 @@ def _image_quality(args: argparse.Namespace, gen: Any, real: np.ndarray, real_ra
         infos.append(info)
         fr = extract_medicalnet_features(ext, list(real), device=device)
         ff = extract_medicalnet_features(ext, list(fake), device=device)
-        out["fid_resnet18"] = fid_from_features(fr, ff) if min(len(fr), len(ff)) >= 2 else None
+        out["fid_resnet18"] = (fid_from_features(fr, ff, standardize=info.random)
+                               if min(len(fr), len(ff)) >= 2 else None)
     except WeightsError as exc:
         out["fid_resnet18"] = None
         out["fid_note"] = str(exc).splitlines()[0]

@@ -102,9 +102,19 @@ def frechet_distance(mu_a: np.ndarray, sigma_a: np.ndarray, mu_b: np.ndarray, si
     return max(float(value), 0.0)
 
 
-def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
-    """FID between two feature sets (N_r, d) and (N_g, d)."""
+def fid_from_features(real: np.ndarray, fake: np.ndarray, standardize: bool = False) -> float:
+    """FID between two feature sets (N_r, d) and (N_g, d).
+
+    ``standardize``: first map both sets by the real features' per-dimension mean and standard deviation, so
+    the distance is in units of the real spread. For random (untrained) networks, whose deep features have an
+    arbitrary, tiny scale (~1e-7 after a random Inception trunk: FIDs of ~1e-14), this makes values comparable
+    across runs; it is not the FID of the literature and the reports say so."""
     if np.asarray(real).shape[1:] != np.asarray(fake).shape[1:]:
         raise ValueError(f"feature dimensions differ: real {np.asarray(real).shape}, fake {np.asarray(fake).shape}")
+    if standardize:
+        real, fake = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
+        mean, std = real.mean(0), real.std(0)
+        std = np.where(std > 0, std, 1.0)
+        real, fake = (real - mean) / std, (fake - mean) / std
     r, g = feature_stats(real), feature_stats(fake)
     return frechet_distance(r.mu, r.sigma, g.mu, g.sigma)

@@ -109,12 +109,14 @@ def evaluate_reconstruction(config: Slice2dEvalConfig, real: list[np.ndarray], o
             "latent_channels": stats, "figures": figures}
 
 
-def fid_2d(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], extractor: Any, device: torch.device) -> float:
-    """2D Inception FID of two slice lists in [0, 1] (NaN with fewer than two slices on a side)."""
+def fid_2d(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], extractor: Any, device: torch.device,
+           standardize: bool = False) -> float:
+    """2D Inception FID of two slice lists in [0, 1] (NaN with fewer than two slices on a side);
+    ``standardize`` for a random network (:func:`~bsynth_hpc.eval.fid.fid_from_features`)."""
     if len(real) < 2 or len(fake) < 2:
         return float("nan")
     return fid_from_features(extract_inception_features(extractor, real, device=device),
-                             extract_inception_features(extractor, fake, device=device))
+                             extract_inception_features(extractor, fake, device=device), standardize=standardize)
 
 
 def evaluate_samples(config: Slice2dEvalConfig, real: list[np.ndarray], real_labels: list[str | None], out: Path,
@@ -126,10 +128,10 @@ def evaluate_samples(config: Slice2dEvalConfig, real: list[np.ndarray], real_lab
     ssim, psnr, _ = nearest_real(fake, real)
     extractor, weights = load_inception(config.inception_weights, allow_random=config.allow_random_features,
                                         device=device)
-    fid = {"all": fid_2d(real, fake, extractor, device)}
+    fid = {"all": fid_2d(real, fake, extractor, device, weights.random)}
     for c in sorted({lab for lab in labels if lab}):
         fid[c] = fid_2d([r for r, lab in zip(real, real_labels) if lab == c],
-                      [f for f, lab in zip(fake, labels) if lab == c], extractor, device)
+                        [f for f, lab in zip(fake, labels) if lab == c], extractor, device, weights.random)
     p_real, p_fake = radial_power_spectrum(real), radial_power_spectrum(fake)
     n = min(len(real), len(fake))
     figure = spectrum_chart({"real": p_real[1:], "generated": p_fake[1:]}, out / "power_spectra.png",
