@@ -10,10 +10,11 @@ is scored by ``bsynth eval clinical`` (c of the real test volumes, ``--n`` volum
 =====================  ==========================================================================================
 parameters             at the tiny size trained here and at 002's 128^3 size (002: 24.6/35.7/7.9/8.1/13.2 M)
 val L1                 the run's best validation L1 of posterior-mean reconstructions
-SSIM                   tri-planar SSIM of reconstructions of the test volumes (weight-free)
+SSIM                   tri-planar SSIM of reconstructions of the ``--split`` volumes (weight-free)
 bal. acc / ROI MSE     frozen aux heads on generated volumes against the requested c (Table 4)
 r(ventricles)          independent ROI check: CSF volume in the template's ventricle region vs the requested ratio
-sweep Spearman         controllability: measured CSF along the per-class ventricle sweep, CN and AD
+sweep Spearman         controllability: measured CSF along the per-class ventricle sweep, CN and AD (and whether
+                       it rises: never falling, ending higher)
 =====================  ==========================================================================================
 
 FID and LPIPS use networks that must come from local weight files (``--weights``, ``--lpips-weights``); without
@@ -41,6 +42,7 @@ from benchmarks.common import environment_info, write_results  # noqa: E402
 from bsynth_hpc.engine.config import packaged_config  # noqa: E402
 from bsynth_hpc.engine.run import train_main  # noqa: E402
 from bsynth_hpc.eval.cli import main as eval_main  # noqa: E402
+from bsynth_hpc.eval.clinical import rises  # noqa: E402
 from bsynth_hpc.prep.demo import LABEL_DIR  # noqa: E402
 from bsynth_hpc.recipes.clinical.ablation import ablation_parameters, ablation_rows  # noqa: E402
 from bsynth_hpc.recipes.clinical.demo import CLINICAL_TRAINING  # noqa: E402
@@ -102,7 +104,8 @@ def score(result: dict[str, Any], without: dict[str, Any] | None = None) -> dict
            "r_ventricles": roi.get("ventricles", {}).get("pearson_r"),
            "r_hippocampus": roi.get("hippocampus", {}).get("pearson_r"),
            "sweep_spearman": {k: sweep.get(k, {}).get("spearman") for k in ("CN", "AD")},
-           "sweep_monotonic": {k: sweep.get(k, {}).get("monotonic") for k in ("CN", "AD")},
+           "sweep_rises": {k: rises(sweep[k]["measured_csf"]) if "measured_csf" in sweep.get(k, {}) else None
+                           for k in ("CN", "AD")},
            "seconds_per_sample": result["timing"]["manual_c_seconds"],
            "fid_resnet18": result["image_quality"].get("fid_resnet18"),
            "lpips_triplanar": result["image_quality"].get("lpips_triplanar"), "random_features": result["random_features"]}

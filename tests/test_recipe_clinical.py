@@ -354,3 +354,9 @@ def test_ventricle_sweep_decodes_one_noise_draw_through_the_prior_of_each_step()
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(result["AD"]["requested_ventricles"], req[:, 4] + req[:, 5], rtol=1e-6)
     assert max(result["CN"]["requested_ventricles"]) < (ad[:, 4] + ad[:, 5]).min()   # CN never AD-sized
+
+
+def test_a_flat_sweep_is_not_control():
+    from bsynth_hpc.eval.clinical import rises
+
+    assert rises([0.01, 0.01, 0.02]) and not rises([0.02, 0.02, 0.02]) and not rises([0.01, 0.03, 0.02])
