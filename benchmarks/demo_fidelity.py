@@ -10,7 +10,8 @@ Reads ``DEMO/demo_summary.json`` (per-step wall seconds, options) and ``DEMO/eva
 ``fidelity_<recipe>_demo.json`` / ``.md``: the headline numbers of samples and real held-out volumes, the
 issue's targets (wall <= 600 s on 2 CPU cores; median correlation with the own-modality real mean >= 0.90,
 median brain-mask Dice >= 0.90, requested contrast identified >= 0.9 where the recipe has several contrasts, no
-sample flagged as a copy of a training volume) each marked met or not, and the environment.
+sample flagged as a copy of a training volume, and none closer to a training volume than every real held-out
+volume is by raw correlation or SSIM) each marked met or not, and the environment.
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def collect(demo_dir: Path) -> dict[str, Any]:
         "corr >= 0.90": (measured["corr_own_modality_median"] or 0.0) >= CORR_TARGET,
         "dice >= 0.90": (measured["dice_median"] or 0.0) >= DICE_TARGET,
         "no copies": measured["copies_flagged"] == 0,
+        "none closer than held-out": measured["closer_than_heldout"] == 0,
     }
     if measured["contrast_identified"] is not None:
         targets["contrast identified >= 0.9"] = measured["contrast_identified"] >= CONTRAST_TARGET

@@ -45,7 +45,7 @@ def test_run_demo_defaults_and_checks(monkeypatch):
 def test_demo_is_the_registered_recipe_demo():
     """`bsynth demo --recipe R` runs get_recipe(R).demo; the chains live in the recipe packages."""
     assert get_recipe("dit3d").load("demo") is dit3d_demo.DEMO
-    assert get_recipe("wfdm").load("demo").default_subjects == 16
+    assert get_recipe("wfdm").load("demo").default_subjects == 32
     assert get_recipe("wfdm").load("demo").run.__module__ == "bsynth_hpc.recipes.wfdm.demo"
 
 

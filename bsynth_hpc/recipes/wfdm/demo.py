@@ -1,12 +1,18 @@
-"""``bsynth demo --recipe wfdm`` (the default, seed 003): all three demo datasets (16 subjects) at 4 mm ->
+"""``bsynth demo --recipe wfdm`` (the default, seed 003): all three demo datasets (32 subjects) at 4 mm ->
 prep -> small WF-VAE (400 steps) -> encode -> small conditional latent-diffusion U-Net (1500 steps) ->
 four samples of each modality -> ``eval synth`` + ``eval recon`` (random-feature smoke mode).
 
 Sizes and steps were chosen by measurement (issue 14; see configs/wfdm-*_demo.yaml): the 30 + 40 steps
 of the earlier demo left the WF-VAE unable to keep the contrasts apart and the denoiser ignoring the
 modality. The samples are conditioned on the modality alone (metadata unavailable, mask 0): in a
-16-subject cohort each metadata value names a few subjects of one dataset (age 60 is the glioma
+small cohort each metadata value names a few subjects of one dataset (age 60 is the glioma
 cohort, the only one with T1Gd), so a metadata condition pulls every contrast towards that dataset's.
+
+32 subjects, not 16 (measured, issue 14; same training lengths): with 16 the held-out reference of the
+memorization audit is 6 volumes and 4-5 of 16 samples correlated more with a training volume than the most
+similar of them (r 0.964-0.968 against 0.963; none subject-specific, i.e. averages, not copies), and
+training the denoiser longer (3000 steps) made 6 of 16 real copies; with 32 the model sees twice the
+anatomy, the reference is 14 volumes, and no sample is closer than held-out (r 0.971, Dice 0.946).
 
 Writes ``OUT/demo_summary.json`` (options, seconds per step); a rerun resumes finished training
 and encoding and rewrites its samples.
@@ -71,5 +77,5 @@ def run_wfdm_demo(args: argparse.Namespace) -> int:
     ])
 
 
-DEMO = RecipeDemo(run=run_wfdm_demo, default_subjects=16,
+DEMO = RecipeDemo(run=run_wfdm_demo, default_subjects=32,
                   summary="seed 003: WF-VAE + conditional latent diffusion, four modalities, eval (default)")
