@@ -38,7 +38,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import environment_info, write_results  # noqa: E402
+from benchmarks.common import environment_info, write_results_and_report  # noqa: E402
 from bsynth_hpc.engine.config import packaged_config  # noqa: E402
 from bsynth_hpc.engine.run import train_main  # noqa: E402
 from bsynth_hpc.eval.cli import main as eval_main  # noqa: E402
@@ -222,10 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "random_features": random, "seconds": round(time.perf_counter() - t0, 1)}
     out = {"benchmark": "clinical_ablation", "environment": environment_info(device), "settings": vars(args),
            **meta, "rows": rows}
-    path = write_results("clinical_ablation", out, args.out)
-    path.with_suffix(".md").write_text(markdown(rows, meta), encoding="utf-8")
-    print(markdown(rows, meta))
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    write_results_and_report("clinical_ablation", out, markdown(rows, meta), args.out)
     return 0
 
 

@@ -133,3 +133,14 @@ def write_results(name: str, payload: dict[str, Any], out_dir: str | Path | None
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def write_results_and_report(name: str, payload: dict[str, Any], markdown: str,
+                             out_dir: str | Path | None = None) -> Path:
+    """:func:`write_results`, the Markdown report next to it (same stem, ``.md``), both printed; returns the JSON
+    path."""
+    path = write_results(name, payload, out_dir)
+    path.with_suffix(".md").write_text(markdown, encoding="utf-8")
+    print(markdown)
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return path

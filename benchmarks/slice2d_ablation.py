@@ -40,7 +40,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import environment_info, write_results  # noqa: E402
+from benchmarks.common import environment_info, write_results_and_report  # noqa: E402
 from bsynth_hpc.engine.config import packaged_config  # noqa: E402
 from bsynth_hpc.engine.run import train_main  # noqa: E402
 from bsynth_hpc.eval.features_inception import load_inception  # noqa: E402
@@ -194,10 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {"benchmark": "slice2d_ablation", "environment": environment_info(device), "settings": vars(args),
                "inception": {"network": weights.network, "path": weights.path, "random": weights.random},
                **meta, "arms": rows}
-    path = write_results("slice2d_ablation", results, args.out)
-    path.with_suffix(".md").write_text(markdown(rows, meta), encoding="utf-8")
-    print(markdown(rows, meta))
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    write_results_and_report("slice2d_ablation", results, markdown(rows, meta), args.out)
     return 0
 
 
