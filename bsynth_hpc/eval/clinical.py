@@ -97,9 +97,9 @@ def ventricle_sweep(gen: Any, train_raw: np.ndarray, steps: int, seed: int, atla
     class, the other features at that class's mean, for CN and AD: the sweep stays inside the joint support the
     model was trained on (pooled quantiles put the CN row's top steps at AD-sized ventricles no CN volume has, where
     a conditional decoder extrapolates). Each step is decoded as Algorithm 3 does it with one fixed noise draw ε
-    shared by every step: z_k = μ_p(c_k) + σ_p(c_k) ε, x_k = g(z_k, c_k). "The same z" of 002's figure is the same ε; a z frozen
-    at one c would cut the path by which the learned prior carries c into the latent. Returns the requested
-    totals, measured CSF (with an atlas) and the figure rows."""
+    shared by every step: z_k = μ_p(c_k) + σ_p(c_k) ε, x_k = g(z_k, c_k). "The same z" of 002's figure is the
+    same ε; a z frozen at one c would cut the path by which the learned prior carries c into the latent. Returns
+    the requested totals, measured CSF (with an atlas; ``monotonic`` = :func:`rises`) and the figure rows."""
 
     qs = np.linspace(0.05, 0.95, steps)
     eps = torch.randn((1, gen.model.config.latent_dim), generator=torch.Generator().manual_seed(seed))
