@@ -108,7 +108,8 @@ def score(result: dict[str, Any], without: dict[str, Any] | None = None) -> dict
                            for k in ("CN", "AD")},
            "seconds_per_sample": result["timing"]["manual_c_seconds"],
            "fid_resnet18": result["image_quality"].get("fid_resnet18"),
-           "lpips_triplanar": result["image_quality"].get("lpips_triplanar"), "random_features": result["random_features"]}
+           "lpips_triplanar": result["image_quality"].get("lpips_triplanar"),
+           "random_features": result["random_features"]}
     if without is not None:
         row["without_cls_reg"] = without
     return row
@@ -199,9 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SystemExit(f"{name}: training failed (exit {code})")
             train_seconds = time.perf_counter() - t
             eval_args = ["clinical", "--run", str(run), "--aux-run", str(aux), "--store", str(store), "--split",
-                         args.split, "--labels", str(labels), "--n", str(args.n), "--sweep", "5", "--timing-samples", "3",
-                         "--per-plane", "8", "--device", str(device), "--seed", str(args.seed), "--out",
-                         str(evaluation)]
+                         args.split, "--labels", str(labels), "--n", str(args.n), "--sweep", "5",
+                         "--timing-samples", "3", "--per-plane", "8", "--device", str(device), "--seed",
+                         str(args.seed), "--out", str(evaluation)]
             eval_args += (["--weights", args.weights] if args.weights else []) + \
                          (["--lpips-weights", args.lpips_weights] if args.lpips_weights else [])
             if not (args.weights and args.lpips_weights):
