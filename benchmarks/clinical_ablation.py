@@ -5,7 +5,7 @@ Each row of ``configs/clinical_ablation.yaml`` (3D VAE, 3D VAE-GAN, Xception VAE
 (``CLINICAL_TRAINING["clinical"]`` of the clinical demo, its perceptual switch left to the row), the same seed and
 data order, on one store and one frozen ``clinical-aux`` run; an extra arm "w/o cls/reg" is the + clinical
 conditions row with ``cls_weight = reg_weight = 0``, scored as Table 4's ablation column of that row. Every run
-is scored by ``bsynth eval clinical`` (c of the real test volumes, ``--n`` volumes, the cohort's label maps):
+is scored by ``bsynth eval clinical`` (c of the real ``--split`` volumes, ``--n`` volumes, the cohort's label maps):
 
 =====================  ==========================================================================================
 parameters             at the tiny size trained here and at 002's 128^3 size (002: 24.6/35.7/7.9/8.1/13.2 M)
@@ -94,7 +94,7 @@ def best_validation(run: Path, metric: str = "l1") -> float | None:
     return best
 
 
-def score(result: dict[str, Any], without: dict[str, Any] | None = None) -> dict[str, Any]:
+def score(result: dict[str, Any]) -> dict[str, Any]:
     """The table's cells from one clinical.json (module docstring)."""
     gen = result["consistency"]["generated"]
     roi = result.get("roi_check", {}).get("generated", {})
@@ -110,8 +110,6 @@ def score(result: dict[str, Any], without: dict[str, Any] | None = None) -> dict
            "fid_resnet18": result["image_quality"].get("fid_resnet18"),
            "lpips_triplanar": result["image_quality"].get("lpips_triplanar"),
            "random_features": result["random_features"]}
-    if without is not None:
-        row["without_cls_reg"] = without
     return row
 
 
@@ -185,7 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             store, labels, aux = Path(args.store), Path(args.labels), Path(args.aux_run)
         else:
             store, labels, aux = prepare(work / "demo", args.subjects, args.seed)
-        results: dict[str, dict[str, Any]] = {}
         rows: dict[str, dict[str, Any]] = {}
         for arm in chosen:
             name = arm["name"]
@@ -209,18 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 eval_args.append("--allow-random-features")
             if eval_main(eval_args):
                 raise SystemExit(f"{name}: bsynth eval clinical failed")
-            results[name] = json.loads((evaluation / "clinical.json").read_text())
-            tiny = results[name]["parameters"]
+            result = json.loads((evaluation / "clinical.json").read_text())
+            tiny = result["parameters"]
             rows[name] = {"overrides": arm["overrides"], "parameters_full_m": full.get(name, 0) / 1e6 or None,
                           "parameters_tiny_m": (tiny["vae_gan"] + (tiny["discriminator"]
                                                 if "recipe.adv_weight=0" not in arm["overrides"] else 0)) / 1e6,
                           "val_l1": best_validation(run), "train_seconds": round(train_seconds, 1),
-                          **score(results[name])}
+                          **score(result)}
             print(f"[{PROG}] {name}: {rows[name]}", flush=True)
     random = any(r["random_features"] for r in rows.values())
     meta = {"training": "clinical_tiny.yaml + " + " ".join(training), "n": args.n, "split": args.split,
-            "device": str(device),
-            "random_features": random, "seconds": round(time.perf_counter() - t0, 1)}
+            "device": str(device), "random_features": random, "seconds": round(time.perf_counter() - t0, 1)}
     out = {"benchmark": "clinical_ablation", "environment": environment_info(device), "settings": vars(args),
            **meta, "rows": rows}
     write_results_and_report("clinical_ablation", out, markdown(rows, meta), args.out)

@@ -29,8 +29,8 @@ CLINICAL_TRAINING: dict[str, tuple[str, ...]] = {
 }
 """Training lengths of the demo (``--override STAGE:key=value`` changes them). The VAE-GAN stage runs without the
 perceptual term: with no EfficientNet-B0 weights on the machine its features are random (smoke mode), and measured
-on the 16-subject cohort (32^3, 2 CPU cores) 1000 steps at batch 4 without it gave validation L1 0.035 in 467 s,
-where 500 steps at batch 2 with it gave 0.045 in 313 s."""
+on the 16-subject cohort (32^3, 2 CPU cores) 1000 steps at batch 4 without it gave validation L1 0.035 in 305 s
+(the whole demo 327 s), where 500 steps at batch 2 with it gave 0.045 in 313 s."""
 
 
 def run_clinical_demo(args: argparse.Namespace) -> int:
