@@ -21,7 +21,7 @@ FID and LPIPS use networks that must come from local weight files (``--weights``
 them they are computed on random networks (``--allow-random-features``, stamped) and left out of the table.
 
     python -m benchmarks.clinical_ablation --demo-out out/demo-clinical    # reuse a finished clinical demo's store
-    bsynth bench clinical-ablation --subjects 16                            # or build cohort, store and aux heads
+    bsynth bench clinical-ablation --subjects 32                            # or build cohort, store and aux heads
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from bsynth_hpc.eval.cli import main as eval_main  # noqa: E402
 from bsynth_hpc.eval.clinical import rises  # noqa: E402
 from bsynth_hpc.prep.demo import LABEL_DIR  # noqa: E402
 from bsynth_hpc.recipes.clinical.ablation import ablation_parameters, ablation_rows  # noqa: E402
-from bsynth_hpc.recipes.clinical.demo import CLINICAL_TRAINING  # noqa: E402
+from bsynth_hpc.recipes.clinical.demo import CLINICAL_TRAINING, DEMO  # noqa: E402
 from bsynth_hpc.recipes.common.demo import Demo  # noqa: E402
 
 PROG = "bsynth bench clinical-ablation"
@@ -153,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--labels", default=None, help="... the label maps of its cohort ...")
     p.add_argument("--aux-run", default=None, help="... and a clinical-aux run trained on it at the same size")
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
-    p.add_argument("--subjects", type=int, default=16, help="demo-dementia subjects when building the store")
+    p.add_argument("--subjects", type=int, default=DEMO.default_subjects,
+                   help="demo-dementia subjects when building the store (default: the demo's)")
     p.add_argument("--steps", type=int, default=None, help="training steps per row (default: the demo's)")
     p.add_argument("--rows", nargs="+", default=None, help="row names to run (default: all, then w/o cls/reg)")
     p.add_argument("--n", type=int, default=16, help="generated volumes per row")
