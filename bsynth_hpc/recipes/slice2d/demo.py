@@ -35,7 +35,7 @@ r 0.952 / Dice 0.913 (16 samples), VAE 300 + LDM 6000 r 0.950 / 0.909, VAE 1000 
 (VAE val PSNR 28.2, SSIM 0.81); an LDM EMA of 0.995 instead of the tiny config's 0.9 gave 0.954 / 0.913.
 Those samples took DDIM 20 (leading); with the tiny config's DDIM 50 (trailing) the demo measures r 0.947 /
 Dice 0.929 (64 samples; the VAE's reconstructions of held-out slices: 0.964 / 0.956). 32 subjects instead of 16
-lowered it (0.931 / 0.889 at DDIM 20). 256-400 s in all on 2 CPU cores.
+lowered it (0.931 / 0.889 at DDIM 20). 256-400 s in all on 2 CPU cores."""
 
 
 def run_slice2d_demo(args: argparse.Namespace) -> int:
