@@ -27,7 +27,8 @@ DEMO_DATASET = "demo-glioma"   # labels normal / tumour (004's classes); FLAIR i
 DEMO_MODALITY = "FLAIR"
 SLICE2D_TRAINING: dict[str, tuple[str, ...]] = {
     "slice2d-vae": ("engine.max_steps=1000", "engine.val_every=250", "engine.ckpt_every=250"),
-    "slice2d-ldm": ("engine.max_steps=6000", "engine.val_every=2000", "engine.ckpt_every=1000"),
+    "slice2d-ldm": ("engine.max_steps=6000", "engine.val_every=2000", "engine.ckpt_every=1000",
+                    "recipe.cutmix_prob=0"),
 }
 """Demo training lengths on top of the tiny configs (before ``--override``). Fidelity of 64 001-mode samples
 against the per-level real slice means (real held-out slices: r 0.961 / Dice 0.955): VAE 300 + LDM 3000 steps
@@ -35,7 +36,10 @@ r 0.952 / Dice 0.913 (16 samples), VAE 300 + LDM 6000 r 0.950 / 0.909, VAE 1000 
 (VAE val PSNR 28.2, SSIM 0.81); an LDM EMA of 0.995 instead of the tiny config's 0.9 gave 0.954 / 0.913.
 Those samples took DDIM 20 (leading); with the tiny config's DDIM 50 (trailing) the demo measures r 0.947 /
 Dice 0.929 (64 samples; the VAE's reconstructions of held-out slices: 0.964 / 0.956). 32 subjects instead of 16
-lowered it (0.931 / 0.889 at DDIM 20). 256-400 s in all on 2 CPU cores."""
+lowered it (0.931 / 0.889 at DDIM 20). Latent CutMix (the tiny config's p = 0.25, 001's value) is off here: it
+cost fidelity in the equal-budget ablation (Dice 0.914 vs 0.941 at 1500 steps,
+benchmarks/results/slice2d_ablation_cpu.md), and without it the demo measures r 0.965 / Dice 0.955 (seed 0).
+256-400 s in all on 2 CPU cores."""
 
 
 def run_slice2d_demo(args: argparse.Namespace) -> int:
