@@ -100,7 +100,7 @@ def run_slice2d_demo(args: argparse.Namespace) -> int:
 def add_slice2d_demo_options(group: Any) -> None:
     """The slice2d-only ``bsynth demo`` flags (an argparse argument group)."""
     group.add_argument("--slice-mode", dest="slice_mode", choices=MODES, default="unconditional",
-                       help="unconditional (001: FFT loss, CutMix, adaptive stop; default) or conditional (004: "
+                       help="unconditional (001: FFT loss and adaptive stop, CutMix off; default) or conditional (004: "
                             "normal / tumour with classifier-free guidance)")
     group.add_argument("--slice-size", dest="slice_size", type=int, default=64,
                        help="slice size in pixels, a multiple of 8 (default 64)")
