@@ -199,6 +199,55 @@ def test_bad_slice_options():
         SliceConfig(value_range=(1.0, -1.0))
 
 
+def _write_volume_samples(folder: Path, volumes: list[tuple[str, np.ndarray]]) -> Path:
+    """3D FLAIR samples as `bsynth sample` writes them (NIfTI on the 1 mm source grid + samples.csv)."""
+    folder.mkdir(parents=True)
+    for name, volume in volumes:
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), str(folder / f"{name}.nii.gz"))
+    (folder / "samples.csv").write_text("path,modality,label\n" + "".join(f"{n}.nii.gz,FLAIR,\n" for n, _ in volumes))
+    return folder
+
+
+def test_3d_samples_are_cut_like_the_slice_store_and_scored_on_slices(volume_store, slice_store, tmp_path):
+    """`eval fidelity` of 3D samples against a slice store: a held-out volume given as a sample is cut into the
+    slices the store's own cut kept (the independent brain filter below), and each scores what the store's
+    held-out slice of it scores; a new volume is cut by its own brain extent."""
+    from bsynth_hpc.eval.fidelity import FidelityConfig, evaluate_fidelity
+    from bsynth_hpc.eval.io import open_store_set
+    from bsynth_hpc.prep.slices_from import slice_volume_id
+
+    held = open_store_set(volume_store, split="test")
+    i = next(k for k, r in enumerate(held.refs) if r.modality == "FLAIR")
+    volume = held.load(i)
+    shorter = volume.copy()
+    shorter[:, :, BRAIN_Z.start] = 0.0   # one brain slice fewer
+    folder = _write_volume_samples(tmp_path / "samples", [("heldout", volume), ("shorter", shorter)])
+    result = evaluate_fidelity(slice_store, folder, FidelityConfig(ssim_candidates=0)).result
+    assert result["inputs"]["generated"]["kind"] == "volume-slices"
+    rows = {r["sample"]: r for r in result["samples"]}
+    assert set(rows) == ({slice_volume_id("heldout", "axial", k) for k in _brain_slices(volume, 0.05)}
+                         | {slice_volume_id("shorter", "axial", k) for k in _brain_slices(shorter, 0.05)})
+    assert len(rows) == 2 * len(BRAIN_Z) - 1
+    real = {r["volume_id"]: r for r in result["real_heldout"]}
+    for k in _brain_slices(volume, 0.05):
+        mine, theirs = rows[slice_volume_id("heldout", "axial", k)], real[slice_volume_id(held.refs[i].volume_id,
+                                                                                            "axial", k)]
+        assert mine["matched_level"] == theirs["matched_level"]
+        assert mine["corr_modality"] == pytest.approx(theirs["corr_modality"], abs=1e-3)   # the store keeps float16
+        assert mine["dice"] == pytest.approx(theirs["dice"], abs=0.02)
+
+
+def test_3d_samples_need_the_slice_stores_source_grid(volume_store, tmp_path, capsys):
+    """Cut from a store that is gone: the samples' grid can't be checked, and the error says so."""
+    source = tmp_path / "copy.zarr"
+    shutil.copytree(volume_store, source)
+    slices = slices_from_store(source, tmp_path / "slices.zarr", SliceConfig(size=16, progress=False)).store_path
+    shutil.rmtree(source)
+    folder = _write_volume_samples(tmp_path / "samples", [("a", np.zeros(SHAPE, np.float32))])
+    code = bsynth(["eval", "fidelity", "--real", str(slices), "--fake", str(folder), "--out", str(tmp_path / "o")])
+    assert code != 0 and "which is gone" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------- presets
 def test_slice_vae_presets_have_the_papers_shapes():
     with torch.no_grad():

@@ -27,6 +27,8 @@ memory (the audit compares every sample with each of them): fine for demo-sized 
 (pixel for pixel: slices keep the store's image order), 2D SSIM in the memorization audit. Slices at different
 levels share no mean, so ``corr_modality`` and ``dice`` use the per-level training mean (slices grouped by their
 ``slice_index``) that the slice correlates with best, for samples and held-out real slices alike (``matched_level``).
+A folder of 3D samples against a slice store is cut into the slices the store's own cut would keep, so a 3D
+model is scored on the same slice measure as a 2D one.
 
 Other commands (``bsynth demo``) call :func:`run_fidelity` and print :func:`headline`.
 """
@@ -43,7 +45,8 @@ import numpy as np
 from ..data.store import VolumeStore
 from ..errors import InputError, StoreError
 from .fidelity_figure import neighbour_grid
-from .fidelity_slices import is_slice_store, open_slice_samples, open_slice_store_set
+from .fidelity_slices import (cut_into_slices, is_slice_store, lists_volumes, open_slice_samples, open_slice_store_set,
+                              slice_cut_of_store)
 from .fidelity_metrics import (EDGE_MM, FAMILY, REFERENCE_CONTRASTS, brain_mask, dice, identify_contrast, pearson,
                                same_family, tissue_masks, tissue_means, tissue_order_check)
 from .io import SIDECAR_NAMES, VolumeSet, open_nifti_set, open_store_set
@@ -102,6 +105,15 @@ def open_samples(folder: Path, shape: Sequence[int], spacing: Sequence[float]) -
             raise InputError(f"{folder / SAMPLES_CSV}: {Path(ref.source).name} has no modality: fidelity compares "
                              "each sample with the real volumes of its requested modality")
     return samples
+
+
+def open_samples_against_slices(store: Path, samples_dir: Path, shape: Sequence[int]) -> VolumeSet:
+    """The samples scored against a slice store: generated slices as they are, or 3D volumes (``bsynth sample``)
+    checked on the store's source grid and cut as the store was cut (module docstring)."""
+    if not lists_volumes(samples_dir):
+        return open_slice_samples(samples_dir, shape)
+    config, source = slice_cut_of_store(store)
+    return cut_into_slices(open_samples(samples_dir, VolumeStore(source).shape, _store_spacing(source)), config)
 
 
 def _open_split(path: Path, split: str) -> VolumeSet:
@@ -296,7 +308,8 @@ def evaluate_fidelity(store: Path, samples_dir: Path, config: FidelityConfig, lo
     spacing = _store_spacing(store)
     train = _open_split(store, config.train_split)
     slices = is_slice_store(store)
-    fake = open_slice_samples(samples_dir, train.shape) if slices else open_samples(samples_dir, train.shape, spacing)
+    fake = open_samples_against_slices(store, samples_dir, train.shape) if slices else \
+        open_samples(samples_dir, train.shape, spacing)
     heldout = _open_splits(store, config.heldout_splits)
     say(f"real: {len(train)} {config.train_split} volumes, "
         f"{sum(len(s) for _, s in heldout)} held-out ({', '.join(n for n, _ in heldout) or 'none'}); "

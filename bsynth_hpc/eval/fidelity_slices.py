@@ -5,12 +5,17 @@ Slice stores hold images in their recorded value range ([-1, 1] by default); the
 to [0, 1], the space every fidelity measure assumes. PNG samples are 8-bit [0, 1] images
 (value / 255); 2D NIfTI samples are read as stored. Slices keep the store's image order (display
 orientation), so a sample and a real slice are compared pixel for pixel.
+
+3D samples (a ``bsynth sample`` folder of NIfTI volumes) can be scored on the same slice measure: each volume
+is cut exactly as ``--slices-from`` cut the store (the axis, size, fit, interpolation, brain-fraction and
+foreground thresholds the store records), after the checks of the 3D fidelity on the store's source grid.
+This is how a 3D model and a 2D slice model are compared side by side on one measure.
 """
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,7 +26,11 @@ from ..data.store import VolumeStore
 from ..errors import InputError
 from .io import SIDECAR_NAMES, VolumeRef, VolumeSet
 
-__all__ = ["is_slice_store", "open_slice_store_set", "open_slice_samples", "read_slice_image"]
+if TYPE_CHECKING:
+    from ..prep.slices_from import SliceConfig
+
+__all__ = ["is_slice_store", "open_slice_store_set", "open_slice_samples", "read_slice_image", "lists_volumes",
+           "slice_cut_of_store", "cut_into_slices"]
 
 SLICE_SUFFIXES: tuple[str, ...] = (".png", ".nii.gz", ".nii")
 
@@ -105,3 +114,66 @@ def open_slice_samples(folder: Path, shape: Sequence[int]) -> VolumeSet:
         return read_slice_image(ref.source)
 
     return VolumeSet(path=folder, kind="slices", refs=refs, shape=target, loader=load)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------- 3D samples as slices
+def lists_volumes(folder: Path) -> bool:
+    """Whether ``folder``/samples.csv lists 3D NIfTI volumes (``bsynth sample``), not slices."""
+    sidecar = next((folder / n for n in SIDECAR_NAMES if (folder / n).is_file()), None)
+    if sidecar is None:
+        return False
+    with open(sidecar, newline="", encoding="utf-8") as fh:
+        first = next(csv.DictReader(fh), None) or {}
+    path = folder / (first.get("path") or first.get("file") or first.get("filename") or "")
+    if not path.is_file() or not path.name.endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel as nib  # lazy: optional NIfTI reader
+
+    shape = nib.load(str(path)).shape
+    return len(shape) >= 3 and shape[2] > 1
+
+
+def slice_cut_of_store(path: Path) -> tuple["SliceConfig", Path]:
+    """The :class:`~bsynth_hpc.prep.slices_from.SliceConfig` a slice store was cut with, and its source 3D store."""
+    from ..prep.slices_from import SliceConfig  # lazy: prep-only imports
+
+    prep = VolumeStore(path).info.get("preprocessing") or {}
+    missing = [k for k in ("source_store", "axis", "shape", "fit", "interpolation", "min_brain_fraction",
+                           "foreground_fraction") if prep.get(k) is None]
+    if missing:
+        raise InputError(f"{path} records no {', '.join(missing)}: 3D samples can be cut into slices only against a "
+                         "store written by `bsynth prep --slices-from`")
+    source = Path(prep["source_store"])
+    if not (source / "zarr.json").is_file():
+        raise InputError(f"{path} was cut from {source}, which is gone: 3D samples are checked on that store's grid "
+                         "before they are cut; restore it, or cut the samples' own slices with `bsynth prep "
+                         "--slices-from` and compare slice folders")
+    config = SliceConfig(axis=str(prep["axis"]), size=tuple(int(s) for s in prep["shape"]), fit=str(prep["fit"]),
+                         interpolation=str(prep["interpolation"]),
+                         min_brain_fraction=float(prep["min_brain_fraction"]),
+                         foreground_fraction=float(prep["foreground_fraction"]), progress=False)
+    return config, source
+
+
+def cut_into_slices(volumes: VolumeSet, config: "SliceConfig") -> VolumeSet:
+    """Every slice of each [0, 1] volume that ``--slices-from`` with ``config`` would keep, in memory, named
+    ``<volume>__<axis><index>`` with the volume's modality and class and the index as its level."""
+    from ..prep.slices_from import extract_slices, slice_volume_id  # lazy: prep-only imports
+
+    images: dict[str, np.ndarray] = {}
+    refs: list[VolumeRef] = []
+    for i, ref in enumerate(volumes.refs):
+        for index, _fraction, image in extract_slices(volumes.load(i), config):
+            sid = slice_volume_id(ref.volume_id, config.axis, index)
+            images[sid] = image
+            refs.append(VolumeRef(volume_id=sid, modality=ref.modality, label=ref.label,
+                                  source=f"{ref.source}#{config.axis}{index:03d}", subject=ref.subject, level=index))
+    if not refs:
+        raise InputError(f"no slice of the volumes in {volumes.path} passes the brain-fraction filter "
+                         f"(min_brain_fraction={config.min_brain_fraction}) the slice store was cut with")
+
+    def load(ref: VolumeRef) -> np.ndarray:
+        return images[ref.volume_id]
+
+    return VolumeSet(path=volumes.path, kind="volume-slices", refs=refs, shape=config.shape,  # type: ignore[arg-type]
+                     loader=load)
