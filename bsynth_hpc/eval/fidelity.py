@@ -45,6 +45,7 @@ import numpy as np
 from ..data.store import VolumeStore
 from ..errors import InputError, StoreError
 from .fidelity_figure import neighbour_grid
+from .fidelity_levels import level_markdown, levels_by_modality
 from .fidelity_slices import (cut_into_slices, is_slice_store, lists_volumes, open_slice_samples, open_slice_store_set,
                               slice_cut_of_store)
 from .fidelity_metrics import (EDGE_MM, FAMILY, REFERENCE_CONTRASTS, brain_mask, dice, identify_contrast, pearson,
@@ -360,6 +361,7 @@ def evaluate_fidelity(store: Path, samples_dir: Path, config: FidelityConfig, lo
                                                    for r in held_rows]},
         "summary": {"samples": grouped_summaries(sample_rows, config),
                     "real_heldout": grouped_summaries(held_rows, config) if held_rows else None},
+        "by_level": levels_by_modality(sample_rows, held_rows) if slices else None,
         "samples": sample_rows,
         "real_heldout": held_rows,
     }
@@ -404,6 +406,8 @@ def fidelity_markdown(result: Mapping[str, Any], figure: str | None) -> str:
              "| measure | samples | real held-out |", "|---|---|---|"]
     for key, kind, text in HEADLINE:
         lines.append(f"| {text} | {_cell(s.get(key), kind)} | {_cell((h or {}).get(key), kind)} |")
+    for modality, levels in (result.get("by_level") or {}).items():
+        lines += level_markdown(levels, modality)
     rule = result["memorization"]["copy_rule"]
     copies = s.get("copies", {})
     lines += ["", "## Memorization", ""]
@@ -445,10 +449,14 @@ def headline(result: Mapping[str, Any]) -> str:
         return "-" if v is None else f"{v:.2f}"
 
     c = s.get("copies", {})
+    gaps = "".join(f" | {m} level-matched gap to real r {g['gap']['corr_modality']['mean_difference']:+.3f} / Dice "
+                   f"{g['gap']['dice']['mean_difference']:+.3f}"
+                   for m, g in (result.get("by_level") or {}).items()
+                   if g["gap"]["corr_modality"]["mean_difference"] is not None)
     return (f"fidelity: {s['n']} samples | corr(own-modality mean) median {med('corr_modality')} | Dice median "
             f"{med('dice')} | contrast identified {frac('contrast_identified')} | "
             f"tissue order {frac('tissue_order')} | "
-            f"likely copies {c.get('n_flagged', '-')}/{c.get('n_judged', '-')}")
+            f"likely copies {c.get('n_flagged', '-')}/{c.get('n_judged', '-')}{gaps}")
 
 
 def write_fidelity(outcome: FidelityResult, out: Path, arguments: Mapping[str, Any] | None = None) -> dict[str, Path]:
