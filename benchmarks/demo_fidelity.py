@@ -32,6 +32,11 @@ def _median(block: dict[str, Any], key: str) -> float | None:
     return float(v["median"]) if v.get("n") else None
 
 
+def _ci(block: dict[str, Any], key: str) -> list[float] | None:
+    v = block.get(key) or {}
+    return v.get("median_ci95") if v.get("n") else None
+
+
 def _fraction(block: dict[str, Any], key: str) -> float | None:
     v = (block.get(key) or {}).get("fraction_passing")
     return None if v is None else float(v)
@@ -48,6 +53,7 @@ def collect(demo_dir: Path) -> dict[str, Any]:
         "wall_s": float(summary["total_seconds"]),
         "corr_own_modality_median": _median(samples, "corr_modality"),
         "dice_median": _median(samples, "dice"),
+        "corr_median_ci95": _ci(samples, "corr_modality"), "dice_median_ci95": _ci(samples, "dice"),
         "contrast_identified": _fraction(samples, "contrast_identified"),
         "tissue_order": _fraction(samples, "tissue_order"),
         "copies_flagged": copies.get("n_flagged"),
@@ -57,6 +63,7 @@ def collect(demo_dir: Path) -> dict[str, Any]:
         "n_samples": samples.get("n"),
     }
     reference = {"corr_own_modality_median": _median(real, "corr_modality"), "dice_median": _median(real, "dice"),
+                 "corr_median_ci95": _ci(real, "corr_modality"), "dice_median_ci95": _ci(real, "dice"),
                  "contrast_identified": _fraction(real, "contrast_identified"),
                  "tissue_order": _fraction(real, "tissue_order"),
                  "subject_specific_r_median": _median(real, "nearest_train_residual_corr"), "n": real.get("n")}
@@ -69,7 +76,12 @@ def collect(demo_dir: Path) -> dict[str, Any]:
     }
     if measured["contrast_identified"] is not None:
         targets["contrast identified >= 0.9"] = measured["contrast_identified"] >= CONTRAST_TARGET
+    levels = {m: {"gap_corr": g["gap"]["corr_modality"]["mean_difference"],
+                  "gap_dice": g["gap"]["dice"]["mean_difference"], "levels": g["gap"]["corr_modality"]["levels"],
+                  "coverage_total_variation": g["coverage"]["total_variation"]}
+              for m, g in (fidelity.get("by_level") or {}).items()}
     return {"benchmark": "demo_fidelity", "recipe": summary.get("recipe"), "demo_dir": str(demo_dir),
+            "level_matched": levels or None,
             "step_seconds": summary.get("step_seconds"), "options": summary.get("options"),
             "measured": measured, "real_heldout": reference, "targets_met": targets,
             "all_targets_met": all(targets.values()), "copy_rule": fidelity.get("memorization", {}).get("copy_rule"),
@@ -82,13 +94,18 @@ def markdown(record: dict[str, Any]) -> str:
     def f(v: Any) -> str:
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
+    def ci(block: dict[str, Any], key: str) -> str:
+        return "" if not block.get(key) else f" ({block[key][0]:.3f}-{block[key][1]:.3f})"
+
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in (record["step_seconds"] or {}).items())
     lines = [f"# `bsynth demo --recipe {record['recipe']}`: time and sample fidelity", "",
              f"Wall {m['wall_s']:.0f} s ({steps}); {m['n_samples']} samples, measured with `bsynth eval fidelity`.", "",
              "| measure | samples | real held-out |", "|---|---|---|",
-             f"| correlation with own-modality real mean (median) | {f(m['corr_own_modality_median'])} | "
-             f"{f(r['corr_own_modality_median'])} |",
-             f"| brain-mask Dice (median) | {f(m['dice_median'])} | {f(r['dice_median'])} |",
+             f"| correlation with own-modality real mean (median, bootstrap 95% CI) | "
+             f"{f(m['corr_own_modality_median'])}{ci(m, 'corr_median_ci95')} | "
+             f"{f(r['corr_own_modality_median'])}{ci(r, 'corr_median_ci95')} |",
+             f"| brain-mask Dice (median, bootstrap 95% CI) | {f(m['dice_median'])}{ci(m, 'dice_median_ci95')} | "
+             f"{f(r['dice_median'])}{ci(r, 'dice_median_ci95')} |",
              f"| requested contrast identified | {f(m['contrast_identified'])} | {f(r['contrast_identified'])} |",
              f"| tissue-contrast order holds | {f(m['tissue_order'])} | {f(r['tissue_order'])} |",
              f"| subject-specific similarity to the nearest training volume (median) | "
@@ -96,6 +113,10 @@ def markdown(record: dict[str, Any]) -> str:
              f"| closer to a training volume than any held-out volume (raw r or SSIM) | {m['closer_than_heldout']}/"
              f"{m['copies_judged']} | - |",
              f"| flagged as copies of a training volume | {m['copies_flagged']}/{m['copies_judged']} | - |", "",
+             *[f"Level-matched ({mod}, samples minus real held-out at the same slice level, weighted by the samples "
+               f"per level): r {g['gap_corr']:+.3f}, Dice {g['gap_dice']:+.3f} over {g['levels']} levels; level "
+               f"histogram total-variation distance {g['coverage_total_variation']:.3f}.\n"
+               for mod, g in (record.get("level_matched") or {}).items()],
              "Targets (issue 14): " + "; ".join(f"{k}: {'met' if v else 'NOT met'}"
                                                 for k, v in record["targets_met"].items()), ""]
     return "\n".join(lines)

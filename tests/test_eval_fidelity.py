@@ -17,8 +17,8 @@ from bsynth_hpc.data import finalize_store
 from bsynth_hpc.data.store import StoreLayout, VolumeStore
 from bsynth_hpc.errors import InputError
 from bsynth_hpc.eval.fidelity import FidelityConfig, RealReference, evaluate_fidelity, volume_row
-from bsynth_hpc.eval.fidelity_metrics import (brain_mask, dice, kmeans_1d, otsu_threshold, pearson, same_family,
-                                              tissue_masks, tissue_order_check)
+from bsynth_hpc.eval.fidelity_metrics import (brain_mask, dice, kmeans_1d, median_ci, otsu_threshold, pearson,
+                                              same_family, tissue_masks, tissue_order_check)
 from bsynth_hpc.eval.io import open_store_set
 from bsynth_hpc.eval.memorization import (CopyRule, Neighbour, closer_than_heldout, flag_copies, nearest_training,
                                          ssim_many)
@@ -98,6 +98,20 @@ def test_pearson_matches_numpy_corrcoef():
     b = 0.3 * a + rng.random((6, 7, 5))
     assert pearson(a, b) == pytest.approx(np.corrcoef(a.ravel(), b.ravel())[0, 1], abs=1e-12)
     assert np.isnan(pearson(a, np.ones_like(a)))
+
+
+def test_median_ci_has_the_asymptotic_width_and_is_reproducible():
+    """The sample median of n normal values has standard error sqrt(pi / 2) sigma / sqrt(n): the 95 % bootstrap
+    interval is about +-1.96 of that around the median."""
+    v = np.random.default_rng(1).normal(0.0, 1.0, 400)
+    lo, hi = median_ci(v)
+    expected = 2 * 1.96 * np.sqrt(np.pi / 2) / np.sqrt(v.size)
+    assert lo < np.median(v) < hi
+    assert hi - lo == pytest.approx(expected, rel=0.25)
+    assert median_ci(v) == (lo, hi)
+    assert median_ci([0.7]) == (0.7, 0.7)
+    with pytest.raises(InputError, match="no values"):
+        median_ci([])
 
 
 def test_dice_closed_form():

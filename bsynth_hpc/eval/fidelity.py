@@ -48,8 +48,8 @@ from .fidelity_figure import neighbour_grid
 from .fidelity_levels import level_markdown, levels_by_modality
 from .fidelity_slices import (cut_into_slices, is_slice_store, lists_volumes, open_slice_samples, open_slice_store_set,
                               slice_cut_of_store)
-from .fidelity_metrics import (EDGE_MM, FAMILY, REFERENCE_CONTRASTS, brain_mask, dice, identify_contrast, pearson,
-                               same_family, tissue_masks, tissue_means, tissue_order_check)
+from .fidelity_metrics import (EDGE_MM, FAMILY, REFERENCE_CONTRASTS, brain_mask, dice, identify_contrast, median_ci,
+                               pearson, same_family, tissue_masks, tissue_means, tissue_order_check)
 from .io import SIDECAR_NAMES, VolumeSet, open_nifti_set, open_store_set
 from .memorization import (DEFAULT_SSIM_CANDIDATES, Neighbour, audit, closer_than_heldout, copy_rule, flag_copies,
                            percentile_within)
@@ -253,7 +253,7 @@ def _stats(values: Sequence[float | None], threshold: float | None = None) -> di
     if v.size == 0:
         return {"n": 0}
     out: dict[str, Any] = {"n": int(v.size), "median": float(np.median(v)), "q25": float(np.quantile(v, 0.25)),
-                           "q75": float(np.quantile(v, 0.75))}
+                           "q75": float(np.quantile(v, 0.75)), "median_ci95": list(median_ci(v))}
     if threshold is not None:
         out.update({"threshold": threshold, "fraction_passing": float((v >= threshold).mean())})
     return out
@@ -380,13 +380,16 @@ def _cell(stats: Mapping[str, Any] | None, key: str = "median") -> str:
         return "-"
     if "median" in stats and key == "median":
         text = f"{stats['median']:.3f} [{stats['q25']:.3f}, {stats['q75']:.3f}]"
+        if "median_ci95" in stats:
+            text += f" (median 95% CI {stats['median_ci95'][0]:.3f}-{stats['median_ci95'][1]:.3f})"
         return text + (f", {stats['fraction_passing']:.2f} pass" if "fraction_passing" in stats else "")
     value = stats.get("fraction_passing")
     return "-" if value is None else f"{value:.2f} (n={stats['n']})"
 
 
 HEADLINE: tuple[tuple[str, str, str], ...] = (
-    ("corr_modality", "median", "correlation with own-modality real mean: median [IQR], fraction >= threshold"),
+    ("corr_modality", "median", "correlation with own-modality real mean: median [IQR] (bootstrap CI of the "
+                                "median), fraction >= threshold"),
     ("corr_class", "median", "correlation with own-class real mean"),
     ("dice", "median", "brain-mask Dice vs real mean mask"),
     ("contrast_identified", "fraction", "requested contrast identified (T1w = T1Gd family)"),

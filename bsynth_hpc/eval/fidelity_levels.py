@@ -89,8 +89,8 @@ def level_markdown(levels: Mapping[str, Any], modality: str) -> list[str]:
              f"Level-matched gap, samples minus real held-out (weighted by the samples per level): r "
              f"{f(g['corr_modality']['mean_difference'])}, Dice {f(g['dice']['mean_difference'])} over "
              f"{g['corr_modality']['levels']} levels. Coverage: total-variation distance of the level histograms "
-             f"{c['total_variation']:.3f}; {c['levels_without_sample']} of {c['real_levels']} real levels matched by no "
-             f"sample ({c['fraction_of_real_slices_at_levels_without_sample']:.0%} of the real slices).", "",
+             f"{c['total_variation']:.3f}; {c['levels_without_sample']} of {c['real_levels']} real levels matched by "
+             f"no sample ({c['fraction_of_real_slices_at_levels_without_sample']:.0%} of the real slices).", "",
              "| level | samples | r | Dice | real | r | Dice |", "|---|---|---|---|---|---|---|"]
     for row in levels["by_level"]:
         lines.append(f"| {row['level']} | {row['n_samples']} | {f(row['samples_corr_modality'])} | "

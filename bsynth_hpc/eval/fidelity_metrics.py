@@ -49,6 +49,24 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 0 else float("nan")
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def median_ci(values: Sequence[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+              seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the median (seeded, so a report is reproducible).
+
+    Fidelity medians are taken over 16-200 samples; two models' medians that differ by less than this
+    interval's width are not told apart by the measure."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise InputError("no values to bootstrap a median from")
+    draws = np.random.default_rng(seed).integers(0, v.size, size=(resamples, v.size))
+    medians = np.median(v[draws], axis=1)
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(medians, tail)), float(np.quantile(medians, 1.0 - tail))
+
+
 def otsu_threshold(volume: np.ndarray, bins: int = OTSU_BINS) -> float:
     """Otsu's threshold of the intensities in [0, 1]: the cut maximising between-class variance."""
     hist, edges = np.histogram(np.clip(np.asarray(volume, dtype=np.float64), 0.0, 1.0), bins=bins, range=(0.0, 1.0))

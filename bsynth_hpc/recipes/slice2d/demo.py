@@ -104,9 +104,9 @@ def add_slice2d_demo_options(group: Any) -> None:
                             "normal / tumour with classifier-free guidance)")
     group.add_argument("--slice-size", dest="slice_size", type=int, default=64,
                        help="slice size in pixels, a multiple of 8 (default 64)")
-    group.add_argument("--slice-n", dest="slice_n", type=int, default=64,
-                       help="samples (per class in the conditional mode; default 64: fidelity medians over 16 "
-                            "vary by about 0.01 between seeds)")
+    group.add_argument("--slice-n", dest="slice_n", type=int, default=200,
+                       help="samples (per class in the conditional mode; default 200, 001's 200 generated slices: "
+                            "the median r of 64 samples moved by 0.006 between sample draws of one model)")
     group.add_argument("--slice-cfg", dest="slice_cfg", type=float, default=3.0,
                        help="guidance scale of the conditional mode (default 3)")
     group.add_argument("--slice-early-stop", dest="slice_early_stop", type=float, default=0.05,
