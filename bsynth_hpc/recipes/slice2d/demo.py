@@ -38,8 +38,12 @@ Those samples took DDIM 20 (leading); with the tiny config's DDIM 50 (trailing) 
 Dice 0.929 (64 samples; the VAE's reconstructions of held-out slices: 0.964 / 0.956). 32 subjects instead of 16
 lowered it (0.931 / 0.889 at DDIM 20). Latent CutMix (the tiny config's p = 0.25, 001's value) is off here: it
 cost fidelity in the equal-budget ablation (Dice 0.914 vs 0.941 at 1500 steps,
-benchmarks/results/slice2d_ablation_cpu.md), and without it the demo measures r 0.965 / Dice 0.955 (seed 0).
-256-400 s in all on 2 CPU cores."""
+benchmarks/results/slice2d_ablation_cpu.md), and without it the demo measures r 0.965 / Dice 0.955 (seed 0,
+64 samples). The median of 64 samples moved by 0.006 between sample draws of one model, so the demo samples 200
+(001's count): r 0.970 / 0.974 / 0.965 and Dice 0.958 / 0.964 / 0.944 on seeds 0 / 1 / 2, each at or above its
+cohort's real held-out slices level by level (benchmarks/results/demo_fidelity_seeds_cpu.md). An EMA of 0.999 or
+two residual blocks per level instead of one changed r by <= 0.001 (256 samples, seed 0). 256-400 s in all on 2
+CPU cores."""
 
 
 def run_slice2d_demo(args: argparse.Namespace) -> int:
