@@ -16,15 +16,31 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from collections import Counter
+
 import numpy as np
 
 from benchmarks.common import environment_info
 from benchmarks.demo_fidelity import collect
 
 
+def nearest_subjects(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many training subjects the rows' nearest training volumes/slices come from, and the top one's share.
+
+    A model that collapses onto one average-looking brain scores a high correlation with the real mean while its
+    samples all sit nearest the same training subject; real held-out scans of the same cohort show the spread to
+    expect. Volume ids are ``dataset__subject__...``.
+    """
+    subjects = Counter(str(r["nearest_train_by_corr"]).split("__")[:2][-1] for r in rows
+                       if r.get("nearest_train_by_corr"))
+    n = sum(subjects.values())
+    return {"n": n, "distinct": len(subjects), "top_share": subjects.most_common(1)[0][1] / n if n else None}
+
+
 def row(demo_dir: Path) -> dict[str, Any]:
     """One table row of a finished demo folder."""
     record = collect(demo_dir)
+    fidelity = json.loads((demo_dir / "eval" / "fidelity" / "fidelity.json").read_text(encoding="utf-8"))
     m, r = record["measured"], record["real_heldout"]
     levels = record.get("level_matched") or {}
     return {"recipe": record["recipe"], "seed": (record["options"] or {}).get("seed"), "demo_dir": str(demo_dir),
@@ -32,6 +48,10 @@ def row(demo_dir: Path) -> dict[str, Any]:
             "corr": m["corr_own_modality_median"], "corr_ci95": m["corr_median_ci95"],
             "dice": m["dice_median"], "dice_ci95": m["dice_median_ci95"],
             "real_corr": r["corr_own_modality_median"], "real_dice": r["dice_median"], "n_real": r["n"],
+            "excess_corr": m["corr_own_modality_median"] - r["corr_own_modality_median"],
+            "excess_dice": m["dice_median"] - r["dice_median"],
+            "nearest_subjects": nearest_subjects(fidelity["samples"]),
+            "nearest_subjects_real": nearest_subjects(fidelity["real_heldout"]),
             "copies": m["copies_flagged"], "closer_than_heldout": m["closer_than_heldout"],
             "level_gap_corr": {k: v["gap_corr"] for k, v in levels.items()} or None,
             "level_gap_dice": {k: v["gap_dice"] for k, v in levels.items()} or None}
@@ -44,7 +64,7 @@ def per_recipe(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         mine = [x for x in rows if x["recipe"] == recipe]
         out[recipe] = {"seeds": [x["seed"] for x in mine],
                        **{f"{k}_{stat}": float(fn([x[k] for x in mine]))
-                          for k in ("corr", "dice", "real_corr", "real_dice")
+                          for k in ("corr", "dice", "real_corr", "real_dice", "excess_corr", "excess_dice")
                           for stat, fn in (("mean", np.mean), ("min", np.min), ("max", np.max))}}
     return out
 
@@ -56,23 +76,32 @@ def markdown(result: dict[str, Any]) -> str:
     def gap(v: dict[str, float] | None) -> str:
         return "-" if not v else ", ".join(f"{k} {x:+.3f}" for k, x in v.items())
 
+    def near(v: dict[str, Any]) -> str:
+        return "-" if not v["n"] else f"{v['distinct']} / {v['top_share']:.0%}"
+
     lines = ["# Demo fidelity across seeds (CPU)", "",
              "Each row: one `bsynth demo` run; the seed draws the cohort and the training. Medians with their "
-             "bootstrap 95% CI; real held-out of the same run's cohort; level-matched gap = samples minus real "
-             "held-out slices at the same slice level (slice recipes).", "",
-             "| recipe | seed | samples | r | Dice | real held-out r / Dice | level-matched gap r / Dice | copies | "
-             "closer than held-out | wall |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "bootstrap 95% CI; real held-out of the same run's cohort; samples - real = the samples' median minus "
+             "that real held-out median; level-matched gap = samples minus real held-out slices at the same slice "
+             "level (slice recipes); nearest training subjects = distinct subjects among the samples' (real "
+             "held-out's) nearest training volumes or slices / the share of the most common one.", "",
+             "| recipe | seed | samples | r | Dice | real held-out r / Dice | samples - real r / Dice | "
+             "level-matched gap r / Dice | nearest training subjects: samples; real | copies | "
+             "closer than held-out | wall |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in result["rows"]:
         lines.append(f"| {x['recipe']} | {x['seed']} | {x['n_samples']} | {x['corr']:.3f}{ci(x['corr_ci95'])} | "
                      f"{x['dice']:.3f}{ci(x['dice_ci95'])} | {x['real_corr']:.3f} / {x['real_dice']:.3f} | "
-                     f"{gap(x['level_gap_corr'])} / {gap(x['level_gap_dice'])} | {x['copies']} | "
+                     f"{x['excess_corr']:+.3f} / {x['excess_dice']:+.3f} | "
+                     f"{gap(x['level_gap_corr'])} / {gap(x['level_gap_dice'])} | "
+                     f"{near(x['nearest_subjects'])}; {near(x['nearest_subjects_real'])} | {x['copies']} | "
                      f"{x['closer_than_heldout']} | {x['wall_s']:.0f} s |")
-    lines += ["", "| recipe | seeds | r mean [min, max] | Dice mean [min, max] | real r mean | real Dice mean |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| recipe | seeds | r mean [min, max] | Dice mean [min, max] | real r / Dice mean | "
+              "samples - real r / Dice mean |", "|---|---|---|---|---|---|"]
     for recipe, s in result["per_recipe"].items():
         lines.append(f"| {recipe} | {', '.join(str(v) for v in s['seeds'])} | {s['corr_mean']:.3f} "
                      f"[{s['corr_min']:.3f}, {s['corr_max']:.3f}] | {s['dice_mean']:.3f} [{s['dice_min']:.3f}, "
-                     f"{s['dice_max']:.3f}] | {s['real_corr_mean']:.3f} | {s['real_dice_mean']:.3f} |")
+                     f"{s['dice_max']:.3f}] | {s['real_corr_mean']:.3f} / {s['real_dice_mean']:.3f} | "
+                     f"{s['excess_corr_mean']:+.3f} / {s['excess_dice_mean']:+.3f} |")
     return "\n".join(lines) + "\n"
 
 
