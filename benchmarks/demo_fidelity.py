@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,6 +43,19 @@ def _fraction(block: dict[str, Any], key: str) -> float | None:
     return None if v is None else float(v)
 
 
+def nearest_subjects(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many training subjects the rows' nearest training volumes/slices come from, and the top one's share.
+
+    A model that collapses onto one average-looking brain scores a high correlation with the real mean while its
+    samples all sit nearest the same training subject; real held-out scans of the same cohort show the spread to
+    expect. Volume ids are ``dataset__subject__...``.
+    """
+    subjects = Counter(str(r["nearest_train_by_corr"]).split("__")[:2][-1] for r in rows
+                       if r.get("nearest_train_by_corr"))
+    n = sum(subjects.values())
+    return {"n": n, "distinct": len(subjects), "top_share": subjects.most_common(1)[0][1] / n if n else None}
+
+
 def collect(demo_dir: Path) -> dict[str, Any]:
     """The acceptance record of one finished demo folder."""
     summary = json.loads((demo_dir / "demo_summary.json").read_text(encoding="utf-8"))
@@ -61,12 +75,14 @@ def collect(demo_dir: Path) -> dict[str, Any]:
         "closer_than_heldout": copies.get("n_closer_than_heldout"),
         "subject_specific_r_median": _median(samples, "nearest_train_residual_corr"),
         "n_samples": samples.get("n"),
+        "nearest_training_subjects": nearest_subjects(fidelity.get("samples", [])),
     }
     reference = {"corr_own_modality_median": _median(real, "corr_modality"), "dice_median": _median(real, "dice"),
                  "corr_median_ci95": _ci(real, "corr_modality"), "dice_median_ci95": _ci(real, "dice"),
                  "contrast_identified": _fraction(real, "contrast_identified"),
                  "tissue_order": _fraction(real, "tissue_order"),
-                 "subject_specific_r_median": _median(real, "nearest_train_residual_corr"), "n": real.get("n")}
+                 "subject_specific_r_median": _median(real, "nearest_train_residual_corr"), "n": real.get("n"),
+                 "nearest_training_subjects": nearest_subjects(fidelity.get("real_heldout", []))}
     targets = {
         "wall_s <= 600": measured["wall_s"] <= WALL_TARGET_S,
         "corr >= 0.90": (measured["corr_own_modality_median"] or 0.0) >= CORR_TARGET,

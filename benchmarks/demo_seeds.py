@@ -16,31 +16,15 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from collections import Counter
-
 import numpy as np
 
 from benchmarks.common import environment_info
 from benchmarks.demo_fidelity import collect
 
 
-def nearest_subjects(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """How many training subjects the rows' nearest training volumes/slices come from, and the top one's share.
-
-    A model that collapses onto one average-looking brain scores a high correlation with the real mean while its
-    samples all sit nearest the same training subject; real held-out scans of the same cohort show the spread to
-    expect. Volume ids are ``dataset__subject__...``.
-    """
-    subjects = Counter(str(r["nearest_train_by_corr"]).split("__")[:2][-1] for r in rows
-                       if r.get("nearest_train_by_corr"))
-    n = sum(subjects.values())
-    return {"n": n, "distinct": len(subjects), "top_share": subjects.most_common(1)[0][1] / n if n else None}
-
-
 def row(demo_dir: Path) -> dict[str, Any]:
     """One table row of a finished demo folder."""
     record = collect(demo_dir)
-    fidelity = json.loads((demo_dir / "eval" / "fidelity" / "fidelity.json").read_text(encoding="utf-8"))
     m, r = record["measured"], record["real_heldout"]
     levels = record.get("level_matched") or {}
     return {"recipe": record["recipe"], "seed": (record["options"] or {}).get("seed"), "demo_dir": str(demo_dir),
@@ -50,8 +34,8 @@ def row(demo_dir: Path) -> dict[str, Any]:
             "real_corr": r["corr_own_modality_median"], "real_dice": r["dice_median"], "n_real": r["n"],
             "excess_corr": m["corr_own_modality_median"] - r["corr_own_modality_median"],
             "excess_dice": m["dice_median"] - r["dice_median"],
-            "nearest_subjects": nearest_subjects(fidelity["samples"]),
-            "nearest_subjects_real": nearest_subjects(fidelity["real_heldout"]),
+            "nearest_subjects": m["nearest_training_subjects"],
+            "nearest_subjects_real": r["nearest_training_subjects"],
             "copies": m["copies_flagged"], "closer_than_heldout": m["closer_than_heldout"],
             "level_gap_corr": {k: v["gap_corr"] for k, v in levels.items()} or None,
             "level_gap_dice": {k: v["gap_dice"] for k, v in levels.items()} or None}
@@ -115,8 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "environment": environment_info("cpu")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    args.out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
-    print(markdown(result))
+    table = markdown(result)
+    args.out.with_suffix(".md").write_text(table, encoding="utf-8")
+    print(table)
     return 0
 
 

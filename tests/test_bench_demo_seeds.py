@@ -1,4 +1,4 @@
-"""benchmarks.demo_seeds: rows, seed means and the nearest-subject spread, from hand-made demo folders."""
+"""benchmarks.demo_seeds (and demo_fidelity's nearest-subject spread): rows, seed means, from hand-made demo folders."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import demo_seeds
+from benchmarks.demo_fidelity import nearest_subjects
 
 
 def _block(median: float) -> dict:
@@ -41,8 +42,8 @@ def test_rows_give_the_excess_over_real_and_the_nearest_subject_spread(tmp_path:
 
 def test_a_collapsed_model_shows_one_nearest_subject() -> None:
     rows = [{"nearest_train_by_corr": "ds__sub-7__ses-01__T1w"}] * 5 + [{"nearest_train_by_corr": None}]
-    assert demo_seeds.nearest_subjects(rows) == {"n": 5, "distinct": 1, "top_share": 1.0}
-    assert demo_seeds.nearest_subjects([]) == {"n": 0, "distinct": 0, "top_share": None}
+    assert nearest_subjects(rows) == {"n": 5, "distinct": 1, "top_share": 1.0}
+    assert nearest_subjects([]) == {"n": 0, "distinct": 0, "top_share": None}
 
 
 def test_main_writes_seed_means_per_recipe(tmp_path: Path) -> None:
