@@ -307,18 +307,22 @@ def test_slurm_scripts_read_the_chain_from_the_recipe(recipe):
 
 @pytest.mark.parametrize("script, recipe, latents", [("wfdm.slurm", "wfdm", "runs/latents.zarr"),
                                                      ("dit3d.slurm", "dit3d", "runs/latents_dit3d.zarr")])
-def test_slurm_script_default_stage_trains_on_the_latents(fake_slurm, script, recipe, latents):
+def test_slurm_script_default_stage_trains_on_the_latents(fake_slurm, tmp_path, script, recipe, latents):
+    """With no STAGE the script trains the recipe's default stage in RUNS/<stage> on RUNS' latents (RUNS is
+    absolute here: the scripts resolve relative paths in the checkout, which a test must not write into)."""
     env, log = fake_slurm
     env.pop("STAGE", None)
     env.pop("RUN_DIR")
-    env["RUNS"] = "runs"
+    runs = tmp_path / "runs"
+    env["RUNS"] = str(runs)
     env["EXTRA_ARGS"] = "engine.max_steps=7"
     proc = subprocess.run(["bash", str(LAUNCHERS / script)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     args = (log / "srun_args").read_text().split("\n")
     default = get_recipe(recipe).default_stage
-    assert args[3] == default and args[args.index("--run-dir") + 1] == f"runs/{default}"
-    assert args[-3:-1] == [f"recipe.latents={latents}", "engine.max_steps=7"], args
+    assert args[3] == default and args[args.index("--run-dir") + 1] == f"{runs}/{default}"
+    assert args[-3:-1] == [f"recipe.latents={tmp_path}/{latents}", "engine.max_steps=7"], args
+    assert (runs / default / "status.json").is_file()
 
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
