@@ -96,8 +96,10 @@ def collect(demo_dir: Path) -> dict[str, Any]:
                   "gap_dice": g["gap"]["dice"]["mean_difference"], "levels": g["gap"]["corr_modality"]["levels"],
                   "coverage_total_variation": g["coverage"]["total_variation"]}
               for m, g in (fidelity.get("by_level") or {}).items()}
+    spread = {m: {"deviation_ratio": s["deviation_ratio"], "pairwise_ratio": s["pairwise_ratio"]}
+              for m, s in (fidelity.get("spread") or {}).items()}
     return {"benchmark": "demo_fidelity", "recipe": summary.get("recipe"), "demo_dir": str(demo_dir),
-            "level_matched": levels or None,
+            "level_matched": levels or None, "spread": spread or None,
             "step_seconds": summary.get("step_seconds"), "options": summary.get("options"),
             "measured": measured, "real_heldout": reference, "targets_met": targets,
             "all_targets_met": all(targets.values()), "copy_rule": fidelity.get("memorization", {}).get("copy_rule"),
@@ -133,6 +135,10 @@ def markdown(record: dict[str, Any]) -> str:
                f"per level): r {g['gap_corr']:+.3f}, Dice {g['gap_dice']:+.3f} over {g['levels']} levels; level "
                f"histogram total-variation distance {g['coverage_total_variation']:.3f}.\n"
                for mod, g in (record.get("level_matched") or {}).items()],
+             *[f"Spread against real anatomy ({mod}; 1 = as varied as real scans, under 1 = mean-like): deviation "
+               f"from the real mean {f(g['deviation_ratio'])}x the held-out volumes', distance between samples "
+               f"{f(g['pairwise_ratio'])}x that between training volumes.\n"
+               for mod, g in (record.get("spread") or {}).items()],
              "Targets (issue 14): " + "; ".join(f"{k}: {'met' if v else 'NOT met'}"
                                                 for k, v in record["targets_met"].items()), ""]
     return "\n".join(lines)

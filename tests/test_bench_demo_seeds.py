@@ -14,7 +14,8 @@ def _block(median: float) -> dict:
     return {"n": 3, "median": median, "median_ci95": [median - 0.01, median + 0.01]}
 
 
-def _demo(root: Path, recipe: str, seed: int, corr: float, dice: float, nearest: list[str]) -> Path:
+def _demo(root: Path, recipe: str, seed: int, corr: float, dice: float, nearest: list[str],
+          spread: dict | None = None) -> Path:
     """A finished demo folder as `bsynth demo` leaves it, reduced to what the record reads."""
     d = root / f"{recipe}_{seed}"
     (d / "eval" / "fidelity").mkdir(parents=True)
@@ -27,7 +28,8 @@ def _demo(root: Path, recipe: str, seed: int, corr: float, dice: float, nearest:
         "summary": {"samples": {"pooled": pooled}, "real_heldout": {"pooled": real}},
         "samples": [{"nearest_train_by_corr": f"ds__{s}__ses-01__T1w"} for s in nearest],
         "real_heldout": [{"nearest_train_by_corr": "ds__sub-1__ses-01__T1w"},
-                         {"nearest_train_by_corr": "ds__sub-2__ses-01__T1w"}]}))
+                         {"nearest_train_by_corr": "ds__sub-2__ses-01__T1w"}],
+        **({"spread": spread} if spread is not None else {})}))
     return d
 
 
@@ -38,6 +40,18 @@ def test_rows_give_the_excess_over_real_and_the_nearest_subject_spread(tmp_path:
     assert x["excess_corr"] == pytest.approx(0.02) and x["excess_dice"] == pytest.approx(0.02)
     assert x["nearest_subjects"] == {"n": 4, "distinct": 3, "top_share": 0.5}
     assert x["nearest_subjects_real"] == {"n": 2, "distinct": 2, "top_share": 0.5}
+
+
+def test_rows_average_the_spread_over_modalities_and_recipes_over_seeds(tmp_path: Path) -> None:
+    two = {"T1w": {"deviation_ratio": 0.9, "pairwise_ratio": 0.4},
+           "T2w": {"deviation_ratio": 0.7, "pairwise_ratio": 0.6}}
+    x = demo_seeds.row(_demo(tmp_path, "wfdm", 0, 0.97, 0.96, ["sub-1"], two))
+    assert x["deviation_ratio"] == pytest.approx(0.8) and x["pairwise_ratio"] == pytest.approx(0.5)
+    old = demo_seeds.row(_demo(tmp_path, "wfdm", 1, 0.97, 0.96, ["sub-1"]))   # a record from before the spread
+    assert old["deviation_ratio"] is None and old["pairwise_ratio"] is None
+    s = demo_seeds.per_recipe([x, old])["wfdm"]
+    assert s["pairwise_ratio_mean"] == pytest.approx(0.5)
+    assert "| 0.80 / 0.50 |" in demo_seeds.markdown({"rows": [x, old], "per_recipe": {"wfdm": s}})
 
 
 def test_a_collapsed_model_shows_one_nearest_subject() -> None:

@@ -14,7 +14,10 @@ Per volume (samples, and held-out reals for reference), see :mod:`.fidelity_metr
     the requested modality's family (T1w and T1Gd count as one); not judged (None) when the store holds
     one contrast family only;
   * ``tissue_ok``: the modality's tissue-contrast order inside CSF/GM/WM masks of the T1-family mean;
-  * memorization (:mod:`.memorization`): nearest training volume by correlation and SSIM, ``copy`` flag.
+  * memorization (:mod:`.memorization`): nearest training volume by correlation and SSIM, ``copy`` flag;
+  * ``deviation_rms``: RMS distance from that real mean inside its brain mask, and the spread of the samples
+    against the held-out real volumes (:mod:`.fidelity_spread`): high r with a spread far under real anatomy's
+    means mean-like samples, not realistic ones.
 Summaries: median, IQR and fraction passing (correlation and Dice >= :data:`PASS_CORR` /
 :data:`PASS_DICE`, the issue-14 targets) pooled and per modality / class. Outputs: fidelity.json,
 fidelity.md and nearest_training.png (see :mod:`.fidelity_figure`). The training volumes are held in
@@ -46,6 +49,7 @@ from ..data.store import VolumeStore
 from ..errors import InputError, StoreError
 from .fidelity_figure import neighbour_grid
 from .fidelity_levels import level_markdown, levels_by_modality
+from .fidelity_spread import deviation_rms, spread_by_modality, spread_headline, spread_markdown
 from .fidelity_slices import (cut_into_slices, is_slice_store, lists_volumes, open_slice_samples, open_slice_store_set,
                               slice_cut_of_store)
 from .fidelity_metrics import (EDGE_MM, FAMILY, REFERENCE_CONTRASTS, brain_mask, dice, identify_contrast, median_ci,
@@ -149,11 +153,14 @@ class RealReference:
     level_means: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     """Slice stores: per modality, the mean of the training slices at each slice level (index along the axis)."""
     level_masks: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    levels: dict[str, list[int | None]] = field(default_factory=dict)
+    """Per modality, the slice level of each training volume in ``volumes`` (None for 3D volumes)."""
 
     @classmethod
     def from_set(cls, train: VolumeSet, spacing: Sequence[float]) -> "RealReference":
         volumes: dict[str, list[np.ndarray]] = defaultdict(list)
         ids: dict[str, list[str]] = defaultdict(list)
+        levels: dict[str, list[int | None]] = defaultdict(list)
         by_class: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
         by_level: dict[str, dict[int, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
         for i, ref in enumerate(train.refs):
@@ -162,12 +169,13 @@ class RealReference:
             v = train.load(i)
             volumes[ref.modality].append(v)
             ids[ref.modality].append(ref.volume_id)
+            levels[ref.modality].append(ref.level)
             if ref.label is not None:
                 by_class[(ref.modality, ref.label)].append(v)
             if ref.level is not None:
                 by_level[ref.modality][ref.level].append(v)
-        level_means = {m: {k: np.mean(vs, axis=0) for k, vs in sorted(levels.items())}
-                       for m, levels in by_level.items()}
+        level_means = {m: {k: np.mean(vs, axis=0) for k, vs in sorted(lv.items())}
+                       for m, lv in by_level.items()}
         means = {m: np.mean(vs, axis=0) for m, vs in volumes.items()}
         source = next((m for m in REFERENCE_CONTRASTS if m in means), None)
         tissues = tissue_masks(means[source], spacing) if source else None
@@ -175,7 +183,8 @@ class RealReference:
                    class_means={k: np.mean(vs, axis=0) for k, vs in by_class.items()},
                    masks={m: brain_mask(v) for m, v in means.items()}, tissues=tissues, tissue_source=source,
                    spacing=tuple(spacing), level_means=level_means,
-                   level_masks={m: {k: brain_mask(v) for k, v in levels.items()} for m, levels in level_means.items()})
+                   level_masks={m: {k: brain_mask(v) for k, v in lv.items()} for m, lv in level_means.items()},
+                   levels=dict(levels))
 
     def own_mean(self, volume: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray, int | None]:
         """The real mean a volume of ``modality`` is compared with, its brain mask and (slices) its level.
@@ -189,6 +198,16 @@ class RealReference:
             return self.means[modality], self.masks[modality], None
         best = max(levels, key=lambda k: pearson(volume, levels[k]))
         return levels[best], self.level_masks[modality][best], int(best)
+
+    def training_rows(self) -> list[dict[str, Any]]:
+        """One row per training volume (modality and, for slices, its level as ``matched_level``), in the order
+        of ``volumes``: the real reference of the spread between volumes."""
+        return [{"modality": m, "matched_level": level} for m in self.volumes
+                for level in self.levels.get(m, [None] * len(self.volumes[m]))]
+
+    def mask_for(self, modality: str, level: int | None) -> np.ndarray:
+        """The brain mask of the real mean of ``modality`` (of its slice ``level`` when given)."""
+        return self.masks[modality] if level is None else self.level_masks[modality][level]
 
     def describe(self) -> dict[str, Any]:
         levels = ({"slice_levels": {m: len(v) for m, v in self.level_means.items()},
@@ -219,6 +238,7 @@ def volume_row(volume: np.ndarray, modality: str, label: str | None, real: RealR
         "corr_class": pearson(volume, real.class_means[(modality, label)]) if (modality, label) in real.class_means
         else None,
         "dice": dice(brain_mask(volume), own_mask),
+        "deviation_rms": deviation_rms(volume, own, own_mask),
         "identified": identified, "contrast_ok": None if identified is None else same_family(identified, modality),
         "corr_by_modality": corrs,
     }
@@ -270,6 +290,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], config: FidelityConfig) -> dict
            "corr_modality": _stats([r["corr_modality"] for r in rows], config.pass_corr),
            "corr_class": _stats([r.get("corr_class") for r in rows], config.pass_corr),
            "dice": _stats([r["dice"] for r in rows], config.pass_dice),
+           "deviation_rms": _stats([r.get("deviation_rms") for r in rows]),
            "contrast_identified": _fraction([r["contrast_ok"] for r in rows]),
            "tissue_order": _fraction([r.get("tissue_ok") for r in rows]),
            "nearest_train_corr": _stats([r.get("nearest_train_corr") for r in rows]),
@@ -362,6 +383,8 @@ def evaluate_fidelity(store: Path, samples_dir: Path, config: FidelityConfig, lo
         "summary": {"samples": grouped_summaries(sample_rows, config),
                     "real_heldout": grouped_summaries(held_rows, config) if held_rows else None},
         "by_level": levels_by_modality(sample_rows, held_rows) if slices else None,
+        "spread": spread_by_modality(sample_rows, fake_vols, held_rows, held_vols, real.training_rows(),
+                                     [v for m in real.volumes for v in real.volumes[m]], real.mask_for),
         "samples": sample_rows,
         "real_heldout": held_rows,
     }
@@ -392,6 +415,7 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
                                 "median), fraction >= threshold"),
     ("corr_class", "median", "correlation with own-class real mean"),
     ("dice", "median", "brain-mask Dice vs real mean mask"),
+    ("deviation_rms", "median", "RMS deviation from the real mean inside its brain mask (spread: see below)"),
     ("contrast_identified", "fraction", "requested contrast identified (T1w = T1Gd family)"),
     ("tissue_order", "fraction", "tissue-contrast order holds"),
     ("nearest_train_corr", "median", "nearest training volume: correlation"),
@@ -411,6 +435,7 @@ def fidelity_markdown(result: Mapping[str, Any], figure: str | None) -> str:
         lines.append(f"| {text} | {_cell(s.get(key), kind)} | {_cell((h or {}).get(key), kind)} |")
     for modality, levels in (result.get("by_level") or {}).items():
         lines += level_markdown(levels, modality)
+    lines += spread_markdown(result.get("spread") or {})
     rule = result["memorization"]["copy_rule"]
     copies = s.get("copies", {})
     lines += ["", "## Memorization", ""]
@@ -459,7 +484,8 @@ def headline(result: Mapping[str, Any]) -> str:
     return (f"fidelity: {s['n']} samples | corr(own-modality mean) median {med('corr_modality')} | Dice median "
             f"{med('dice')} | contrast identified {frac('contrast_identified')} | "
             f"tissue order {frac('tissue_order')} | "
-            f"likely copies {c.get('n_flagged', '-')}/{c.get('n_judged', '-')}{gaps}")
+            f"likely copies {c.get('n_flagged', '-')}/{c.get('n_judged', '-')}{gaps}"
+            f"{spread_headline(result.get('spread'))}")
 
 
 def write_fidelity(outcome: FidelityResult, out: Path, arguments: Mapping[str, Any] | None = None) -> dict[str, Path]:
