@@ -162,3 +162,35 @@ def test_exporting_an_unregistered_factory_fails_at_export_time(tmp_path):
         export_model(tmp_path, "m", torch.nn.Linear(2, 2), {"stage": "x"}, extra={"factory": "torch.nn:Linear"})
     with pytest.raises(CheckpointError, match="not a valid export name"):
         export_model(tmp_path, "../m", torch.nn.Linear(2, 2), {"stage": "x"}, extra={"factory": "smoke-vae"})
+
+
+EXPORT_IN_A_FRESH_PROCESS = """
+import json, sys, torch
+from bsynth_hpc.engine.export import export_model
+from bsynth_hpc.models import build_model
+torch.manual_seed(0)
+kwargs = json.loads(sys.argv[2])
+export_model(sys.argv[1], "dit", build_model("dit3d", **kwargs), {"stage": "dit3d"},
+             extra={"factory": "dit3d", "factory_kwargs": kwargs})
+"""
+
+
+def test_the_same_weights_export_to_the_same_bytes_in_every_process(tmp_path):
+    """safetensors orders its header metadata by a per-process hash seed: with two metadata keys, half of the
+    re-exports of unchanged weights got another checksum and a resumed demo's encode refused its own latents.
+    Six fresh processes (a 2-key header agrees across all six with probability 1/32) must write one file."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    digests = set()
+    for i in range(6):
+        run = tmp_path / f"run{i}"
+        subprocess.run([sys.executable, "-c", EXPORT_IN_A_FRESH_PROCESS, str(run), json.dumps(DIT_KWARGS)],
+                       check=True, timeout=120)
+        digests.add(json.loads((run / "export" / "dit.json").read_text())["weights_sha256"])
+        with safe_open(str(run / "export" / "dit.safetensors"), framework="pt") as fh:
+            assert list(fh.metadata()) == ["bsynth_export"]
+        load_exported(run, "dit")   # the checksum still verifies the file
+    assert len(digests) == 1, digests

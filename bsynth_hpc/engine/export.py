@@ -88,6 +88,15 @@ def _registry_name(factory: str) -> str:
     return factory if factory in MODEL_FACTORIES else str(registered_name(factory))
 
 
+def header_metadata(name: str) -> dict[str, str]:
+    """The safetensors header metadata of an export: ONE key. safetensors writes its metadata map in hash order,
+    which changes from process to process, so two keys gave the same weights different file bytes, and hence a
+    different ``weights_sha256``, half of the time; a re-export after a resumed, already finished run then looked
+    like a retrained compressor and ``bsynth encode`` refused the latent cache. One key keeps the bytes (and the
+    checksum) a function of the weights alone."""
+    return {"bsynth_export": json.dumps({"format": FORMAT, "name": name}, sort_keys=True)}
+
+
 def export_model(run_dir: str | os.PathLike[str], name: str, model: nn.Module, config: dict[str, Any],
                  extra: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s weights and sidecar under RUN/export/; returns the .safetensors path.
@@ -113,7 +122,7 @@ def export_model(run_dir: str | os.PathLike[str], name: str, model: nn.Module, c
     sidecar = out_dir / f"{name}.json"
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata={"name": name, "format": str(FORMAT)})
+    save_file(state, str(tmp), metadata=header_metadata(name))
     os.replace(tmp, weights)
     latent_scale = extra.pop("latent_scale", None)
     meta = {
