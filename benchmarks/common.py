@@ -144,3 +144,12 @@ def write_results_and_report(name: str, payload: dict[str, Any], markdown: str,
     print(markdown)
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return path
+
+
+def write_stem(out: str | Path, payload: dict[str, Any], markdown: str) -> None:
+    """``OUT.json`` and ``OUT.md`` at a stem the user named (``--out``), the table printed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown, encoding="utf-8")
+    print(markdown)

@@ -14,13 +14,12 @@ over a recipe's modalities), which tells realistic samples from mean-like ones a
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.common import environment_info
+from benchmarks.common import environment_info, write_stem
 from benchmarks.demo_fidelity import collect
 
 
@@ -120,11 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [row(d) for d in args.demo_dir]
     result = {"benchmark": "demo_fidelity_seeds", "rows": rows, "per_recipe": per_recipe(rows),
               "environment": environment_info("cpu")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    table = markdown(result)
-    args.out.with_suffix(".md").write_text(table, encoding="utf-8")
-    print(table)
+    write_stem(args.out, result, markdown(result))
     return 0
 
 

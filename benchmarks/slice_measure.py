@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.common import environment_info
+from benchmarks.common import environment_info, write_stem
 from bsynth_hpc.eval.fidelity import run_fidelity
 from bsynth_hpc.prep.slices_from import SliceConfig, slices_from_store
 
@@ -139,11 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {"benchmark": "slice_measure_3d_vs_2d", "size": args.size, "rows": rows,
               "per_recipe": per_recipe(rows), "flair": per_recipe(rows, "FLAIR"), "t1w": per_recipe(rows, "T1w"),
               "environment": environment_info("cpu")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    table = markdown(result)
-    args.out.with_suffix(".md").write_text(table, encoding="utf-8")
-    print(table)
+    write_stem(args.out, result, markdown(result))
     return 0
 
 
