@@ -117,3 +117,12 @@ def test_fidelity_reports_the_spread_and_flags_the_average_brain(store, tmp_path
     assert a["deviation_ratio"] == pytest.approx(0.0, abs=1e-4) and a["pairwise_ratio"] == pytest.approx(0.0, abs=1e-4)
     assert "T1w spread vs real: deviation 0.00x, pairwise 0.00x" in headline(average)
     assert "## Spread against real anatomy" in fidelity_markdown(average, None)
+
+
+def test_pairs_are_capped_per_group():
+    from bsynth_hpc.eval.fidelity_spread import MAX_GROUP_VOLUMES
+
+    volumes = [np.full((3, 3), float(i)) for i in range(MAX_GROUP_VOLUMES + 10)]
+    rows = [{"modality": "T1w", "deviation_rms": 0.0} for _ in volumes]
+    out = spread_by_modality(rows, volumes, rows, volumes, rows, volumes, lambda m, k: np.ones((3, 3), bool))["T1w"]
+    assert out["samples"]["n_pairs"] == MAX_GROUP_VOLUMES * (MAX_GROUP_VOLUMES - 1) // 2

@@ -30,6 +30,10 @@ import numpy as np
 
 __all__ = ["deviation_rms", "pairwise_rms", "spread_by_modality", "spread_markdown", "spread_headline"]
 
+MAX_GROUP_VOLUMES = 64
+"""Pairs are taken among at most this many volumes of a group (the first ones: 2016 pairs), so a large store's
+training split is not stacked whole in float64 (1000 volumes at 1 mm would be 16 GB)."""
+
 MaskFor = Callable[[str, "int | None"], np.ndarray]
 """(modality, matched level or None) -> the boolean reference mask the spread is measured inside."""
 
@@ -63,8 +67,8 @@ def _pairs(rows: Sequence[Mapping[str, Any]], volumes: Sequence[np.ndarray], mod
     for row, v in zip(rows, volumes):
         if row["modality"] == modality:
             groups[row.get("matched_level")].append(v)
-    found = [pairwise_rms(vs, mask_for(modality, level)) for level, vs in sorted(groups.items(), key=lambda kv:
-                                                                                 -1 if kv[0] is None else kv[0])]
+    ordered = sorted(groups.items(), key=lambda kv: -1 if kv[0] is None else kv[0])
+    found = [pairwise_rms(vs[:MAX_GROUP_VOLUMES], mask_for(modality, level)) for level, vs in ordered]
     return np.concatenate(found) if found else np.zeros(0)
 
 
