@@ -15,9 +15,10 @@ Per volume (samples, and held-out reals for reference), see :mod:`.fidelity_metr
     one contrast family only;
   * ``tissue_ok``: the modality's tissue-contrast order inside CSF/GM/WM masks of the T1-family mean;
   * memorization (:mod:`.memorization`): nearest training volume by correlation and SSIM, ``copy`` flag;
-  * ``deviation_rms``: RMS distance from that real mean inside its brain mask, and the spread of the samples
-    against the held-out real volumes (:mod:`.fidelity_spread`): high r with a spread far under real anatomy's
-    means mean-like samples, not realistic ones.
+  * ``deviation_rms``: RMS distance from that real mean inside its brain mask; the spread of the samples
+    (:mod:`.fidelity_spread`) sets it against the held-out volumes', and the samples' distances from each other
+    against those between training volumes. High r with a spread far under 1 means mean-like samples, not
+    realistic ones.
 Summaries: median, IQR and fraction passing (correlation and Dice >= :data:`PASS_CORR` /
 :data:`PASS_DICE`, the issue-14 targets) pooled and per modality / class. Outputs: fidelity.json,
 fidelity.md and nearest_training.png (see :mod:`.fidelity_figure`). The training volumes are held in
